@@ -62,6 +62,5 @@ setup(
         "Environment :: OpenStack",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.11",
-        "License :: OSI Approved :: Apache Software License",
     ],
 )
