@@ -389,7 +389,9 @@ class LunSR:
                 68, f"ISCSI login failed - check access settings [opterr=no target {self.target_iqn}]"
             )
         if self.scsi_id and self.scsi_id not in self.scan():
-            raise SRBackendError.sm(107, f"The SCSIid parameter is missing or incorrect [opterr={self.scsi_id}]")
+            raise SRBackendError.sm(
+                107, f"The SCSIid parameter is missing or incorrect [opterr={self.scsi_id}]"
+            )
 
     def luns(self) -> dict[int, Path]:
         found: dict[int, Path] = {}
