@@ -426,12 +426,13 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(ALL_OPTS, group=xenserver_group)
 
 
-def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
+def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
     """Options for ``oslo-config-generator`` and the Sphinx extension.
 
-    Referenced by the ``oslo.config.opts`` entry point ``xenapi_driver``.
+    Referenced by the ``oslo.config.opts`` entry point ``xenapi_driver``;
+    oslo.config expects ``(group, options)`` pairs.
     """
-    return {xenserver_group: list(ALL_OPTS)}
+    return [(xenserver_group, list(ALL_OPTS))]
 
 
 CONF = cfg.CONF
