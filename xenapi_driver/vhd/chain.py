@@ -1,0 +1,226 @@
+"""A copy-on-write chain of VHD files, read and written as one disk.
+
+A sector is read from the nearest layer whose block is allocated and whose
+bitmap has the sector's bit set; below the base everything reads as zeros.
+Writes go to the leaf.  Reads are assembled run by run with ``os.preadv``
+straight into the caller's buffer, so whole blocks cost one system call.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import format as fmt
+from .errors import VHDChainError, VHDError, VHDMissingParentError
+from .image import VHDImage
+
+MAX_CHAIN_DEPTH = 256
+_ZEROS = bytes(fmt.BLOCK_SIZE)
+
+
+def walk_chain(path: str, *, writable_leaf: bool = False, verify: bool = True, allow_missing: bool = False):
+    """Open ``path`` and its ancestors; returns (layers, missing_parent_path or None).
+
+    Detects loops (same file twice) and, with ``verify``, parent uuid mismatches.
+    On any error every opened file is closed again.
+    """
+    layers: list[VHDImage] = []
+    seen: set[tuple[int, int]] = set()
+    try:
+        image = VHDImage(path, writable=writable_leaf)
+        while True:
+            st = os.fstat(image.fd)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                image.close()
+                raise VHDChainError(
+                    f"{layers[0].path}: loop in the VHD chain: {image.path} appears twice",
+                    path=layers[0].path,
+                )
+            seen.add(key)
+            layers.append(image)
+            if len(layers) > MAX_CHAIN_DEPTH:
+                raise VHDChainError(f"{path}: chain is deeper than {MAX_CHAIN_DEPTH} layers", path=path)
+            if not image.is_differencing:
+                return layers, None
+            try:
+                parent_path = image.parent_path()
+            except VHDMissingParentError:
+                if allow_missing:
+                    return layers, image.parent_path(must_exist=False)
+                raise
+            parent = VHDImage(parent_path)
+            if verify and parent.footer.uuid != image.header.parent_uuid:
+                expected = fmt.Footer(0, 0, 0, image.header.parent_uuid).uuid_str
+                parent.close()
+                raise VHDChainError(
+                    f"{image.path}: parent {parent_path} has uuid {parent.uuid}, but the child expects "
+                    f"{expected}; re-link it with 'vhd-util modify -p' if that file is the right parent",
+                    path=image.path,
+                )
+            if (
+                layers[0].block_size != parent.block_size
+                and not parent.is_fixed
+                and layers[0].bat is not None
+            ):
+                parent.close()
+                raise VHDChainError(f"{image.path}: parent {parent_path} uses a different block size")
+            image = parent
+    except BaseException:
+        for layer in layers:
+            layer.close()
+        raise
+
+
+class Chain:
+    """An open chain (leaf first).  Use as a context manager, or call close()."""
+
+    def __init__(self, path: str, *, writable: bool = True):
+        self.layers, _ = walk_chain(path, writable_leaf=writable)
+        self.leaf = self.layers[0]
+        self.path = self.leaf.path
+        self.writable = writable
+        dynamic = [layer for layer in self.layers if not layer.is_fixed]
+        self.block_size = dynamic[0].block_size if dynamic else fmt.BLOCK_SIZE
+        self.spb = self.block_size // fmt.SECTOR_SIZE
+
+    @property
+    def virtual_size(self) -> int:
+        return self.leaf.virtual_size
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def layer_index(self, path: str) -> int:
+        """Position of ``path`` in the chain (0 = leaf); raises if it is not a member."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise VHDChainError(f"{path}: base is not a file", path=path) from None
+        for i, layer in enumerate(self.layers):
+            lst = os.fstat(layer.fd)
+            if (lst.st_dev, lst.st_ino) == (st.st_dev, st.st_ino):
+                return i
+        raise VHDChainError(f"{path} is not a member of the chain of {self.path}", path=path)
+
+    # -- reading -----------------------------------------------------------------
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            raise VHDError(
+                f"{self.path}: range {offset}+{length} is outside the virtual size {self.virtual_size}",
+                path=self.path,
+            )
+
+    def _block_sources(self, block: int, want: int):
+        """Yield (layer, sectors) pairs for ``want`` in ``block``, nearest layer first."""
+        for layer in self.layers:
+            bits = layer.block_bits(block)
+            if not bits:
+                continue
+            take = want & bits
+            if take:
+                yield layer, take
+                want &= ~bits
+                if not want:
+                    return
+        if want:
+            yield None, want
+
+    def _fill_block(self, block: int, lo: int, hi: int, out: memoryview) -> None:
+        """Fill ``out`` (hi - lo bytes) with bytes [lo, hi) of ``block``."""
+        first = lo >> fmt.SECTOR_SHIFT
+        last = (hi + fmt.SECTOR_SIZE - 1) >> fmt.SECTOR_SHIFT
+        want = ((1 << (last - first)) - 1) << first
+        for layer, take in self._block_sources(block, want):
+            runs = ((first, last),) if take == want else fmt.bit_runs(take)
+            for start, end in runs:
+                a = max(start << fmt.SECTOR_SHIFT, lo)
+                b = min(end << fmt.SECTOR_SHIFT, hi)
+                target = out[a - lo : b - lo]
+                if layer is None:
+                    target[:] = _ZEROS[: b - a]
+                    continue
+                got = os.preadv(layer.fd, [target], layer.data_offset(block) + a)
+                if got != b - a:
+                    raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
+
+    def readinto(self, offset: int, buffer) -> int:
+        """Read len(buffer) bytes at ``offset`` into a writable buffer; returns the count."""
+        out = memoryview(buffer).cast("B")
+        length = len(out)
+        self._check_range(offset, length)
+        bs = self.block_size
+        pos = offset
+        end = offset + length
+        while pos < end:
+            block, lo = divmod(pos, bs)
+            hi = min(bs, lo + end - pos)
+            self._fill_block(block, lo, hi, out[pos - offset : pos - offset + hi - lo])
+            pos += hi - lo
+        return length
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of the virtual disk."""
+        self._check_range(offset, length)
+        block, lo = divmod(offset, self.block_size)
+        if lo + length <= self.block_size and length:
+            # Fast path: one source for the whole range means one pread, no copy.
+            first = lo >> fmt.SECTOR_SHIFT
+            last = (lo + length + fmt.SECTOR_SIZE - 1) >> fmt.SECTOR_SHIFT
+            want = ((1 << (last - first)) - 1) << first
+            sources = self._block_sources(block, want)
+            layer, take = next(sources)
+            if take == want:
+                if layer is None:
+                    return bytes(length)
+                data = os.pread(layer.fd, length, layer.data_offset(block) + lo)
+                if len(data) == length:
+                    return data
+        buf = bytearray(length)
+        self.readinto(offset, buf)
+        return bytes(buf)
+
+    # -- writing -----------------------------------------------------------------
+    def write(self, offset: int, data) -> None:
+        """Write ``data`` at ``offset`` into the leaf (partial sectors are merged via the chain)."""
+        if not self.writable:
+            raise VHDError(f"{self.path}: chain opened read-only", path=self.path)
+        view = memoryview(data).cast("B")
+        length = len(view)
+        self._check_range(offset, length)
+        if not length:
+            return
+        start = offset - offset % fmt.SECTOR_SIZE
+        end = fmt.round_up(offset + length, fmt.SECTOR_SIZE)
+        if start != offset or end != offset + length:
+            buf = bytearray(end - start)
+            if start != offset:
+                self.readinto(start, memoryview(buf)[: fmt.SECTOR_SIZE])
+            if end != offset + length:
+                self.readinto(end - fmt.SECTOR_SIZE, memoryview(buf)[-fmt.SECTOR_SIZE :])
+            buf[offset - start : offset - start + length] = view
+            view = memoryview(buf)
+        self.leaf.write_sectors(start >> fmt.SECTOR_SHIFT, view)
+
+    def block_allocated_anywhere(self, block: int, layers: list[VHDImage] | None = None) -> bool:
+        return any(layer.block_allocated(block) for layer in (self.layers if layers is None else layers))
+
+    def flush(self) -> None:
+        if self.writable:
+            self.leaf.fsync()
+
+    def close(self) -> None:
+        for layer in self.layers:
+            layer.close()
+
+    def __enter__(self) -> Chain:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_chain(path: str, *, writable: bool = True) -> Chain:
+    """Open a VHD and all its parents for reading (and writing the leaf, unless writable=False)."""
+    return Chain(os.fspath(path), writable=writable)
