@@ -27,6 +27,7 @@ from oslo_log import log as logging
 
 from nova import objects
 from nova.virt import driver
+from xenapi_driver import conf as _conf  # noqa: F401  (registers the [xenserver] options)
 from xenapi_driver import hostops, vmops
 
 LOG = logging.getLogger(__name__)

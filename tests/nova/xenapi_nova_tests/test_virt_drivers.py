@@ -1,0 +1,104 @@
+"""Nova's generic virt driver suite (``_VirtDriverTestCase``) through our runner.
+
+``FakeConnectionTestCase`` is Nova's own run of the suite on ``nova.virt.fake``
+imported unchanged: it proves the machinery (runner, fixtures, concurrency
+mode) works before our driver is in the picture. ``XenAPIDriverTestCase``
+runs the same suite on ``XenAPIDriver`` connected to the XAPI simulator, and
+fails any test in which the driver logs ``NotImplementedError`` unless the
+method is listed below with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unittest
+
+from nova.tests.unit.virt import test_virt_drivers as nova_virt_drivers
+from nova.tests.unit.virt.test_virt_drivers import FakeConnectionTestCase  # noqa: F401  (run as is)
+
+from nova import test
+from xenapi_nova_tests import SIMULATOR_MISSING, simulator_available, tolerate_newer_dependencies
+from xenapi_nova_tests.simulator_fixture import XenServerConfFixture, start_simulator
+
+# Generic-suite tests whose driver method XAPI itself cannot provide.
+XAPI_LACKS = {
+    "test_get_spice_console": "XAPI offers VNC (RFB) consoles only, no SPICE",
+    "test_get_serial_console": "XAPI has no serial console proxy",
+    "test_get_mks_console": "MKS consoles are VMware's",
+}
+
+# Tests whose driver method belongs to a later issue (images, volumes and
+# consoles next; resize and migration after). Remove an entry as it lands.
+LATER_ISSUES = {
+    "test_snapshot_not_running": "snapshots: images issue",
+    "test_snapshot_running": "snapshots: images issue",
+    "test_set_admin_password": "guest agent: next issue",
+    "test_get_volume_connector": "volumes: next issue",
+    "test_get_volume_connector_storage_ip": "volumes: next issue",
+    "test_attach_detach_volume": "volumes: next issue",
+    "test_swap_volume": "volumes: next issue",
+    "test_attach_detach_different_power_states": "volumes: next issue",
+    "test_get_console_output": "consoles: next issue",
+    "test_get_vnc_console": "consoles: next issue",
+    "test_block_stats": "volumes: next issue",
+    "test_get_instance_disk_info": "migration issue",
+    "test_migrate_disk_and_power_off": "resize and migration issue",
+    "test_live_migration_force_complete": "migration issue",
+    "test_live_migration_abort": "migration issue",
+}
+
+ALLOWED_NOT_IMPLEMENTED = {**XAPI_LACKS, **LATER_ISSUES}
+
+_NOT_IMPLEMENTED = re.compile(r"does not implement (?P<method>\S+) required for test (?P<test>\S+)")
+
+
+class _NotImplementedRecorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.found: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _NOT_IMPLEMENTED.search(record.getMessage())
+        if match:
+            self.found.append((match["test"], match["method"]))
+
+
+@unittest.skipUnless(simulator_available(), SIMULATOR_MISSING)
+class XenAPIDriverTestCase(nova_virt_drivers._VirtDriverTestCase, test.TestCase):
+    """Nova's generic driver contract, on XenAPIDriver against the simulator."""
+
+    simulator = None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.simulator = start_simulator(hosts=1)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        if cls.simulator is not None:
+            cls.simulator.stop()
+        super().tearDownClass()
+
+    def setUp(self) -> None:
+        self.driver_module = "xenapi_driver.driver.XenAPIDriver"
+        super().setUp()
+        tolerate_newer_dependencies()
+        self.simulator.reset()
+        self.useFixture(XenServerConfFixture(self, self.simulator))
+        self.connection.init_host("myhostname")
+        self.addCleanup(self.connection.cleanup_host, "myhostname")
+
+        recorder = _NotImplementedRecorder()
+        logger = logging.getLogger(nova_virt_drivers.__name__)
+        logger.addHandler(recorder)
+        self.addCleanup(self._check_not_implemented, logger, recorder)
+
+    def _check_not_implemented(self, logger: logging.Logger, recorder: _NotImplementedRecorder) -> None:
+        logger.removeHandler(recorder)
+        unexpected = [
+            f"{method} (in {name})" for name, method in recorder.found if name not in ALLOWED_NOT_IMPLEMENTED
+        ]
+        if unexpected:
+            self.fail("XenAPIDriver raised NotImplementedError: " + ", ".join(unexpected))
