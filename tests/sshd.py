@@ -34,10 +34,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 SSHD_BINARY = "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
+_MARKER_VAR = "LOOPBACK_SSHD_ID"
 SFTP_SERVER_CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
 
 
@@ -85,6 +87,7 @@ class LoopbackSSHServer:
         self.username = getpass.getuser()
         self._port = port or free_port(self.host)
         self._process: subprocess.Popen | None = None
+        self.marker = uuid.uuid4().hex
         self._log_file = None
         self.host_key_path = str(self.workdir / f"ssh_host_{key_type}_key")
         self.client_key_path = str(self.workdir / f"id_{key_type}")
@@ -175,6 +178,11 @@ class LoopbackSSHServer:
             "MaxStartups 100",
             "MaxSessions 50",
             "LogLevel VERBOSE",
+            # SHLVL=1: bash sources ~/.bashrc for commands run by sshd only at
+            # shell level 1, so the machine's rc files (which may block, e.g.
+            # on a pyenv rehash lock) never run in our sessions. The marker
+            # lets stop() find every process a session left behind.
+            f"SetEnv SHLVL=1 {_MARKER_VAR}={self.marker}",
         ]
         if sftp:
             lines.append(f"Subsystem sftp {sftp}")
@@ -219,6 +227,21 @@ class LoopbackSSHServer:
         except OSError:
             return False
 
+    def _marked_processes(self) -> list[int]:
+        """Processes whose environment carries this server's marker (orphans included)."""
+        needle = f"{_MARKER_VAR}={self.marker}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    if needle in handle.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+        return found
+
     def _descendants(self, pid: int) -> list[int]:
         """Every process below ``pid`` (sessions, the user's commands), deepest last."""
         children: dict[int, list[int]] = {}
@@ -245,7 +268,7 @@ class LoopbackSSHServer:
         if process is None:
             return
         victims = self._descendants(process.pid) if process.poll() is None else []
-        for pid in [process.pid, *victims]:
+        for pid in dict.fromkeys([process.pid, *victims, *self._marked_processes()]):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
