@@ -136,9 +136,7 @@ def normalize_size(virtual_size: int) -> int:
         raise VHDFormatError(f"virtual size must be positive, got {virtual_size}")
     size = round_up(virtual_size, BLOCK_SIZE)
     if size > MAX_VIRTUAL_SIZE:
-        raise VHDFormatError(
-            f"virtual size {virtual_size} bytes exceeds the VHD maximum of 2040 GiB"
-        )
+        raise VHDFormatError(f"virtual size {virtual_size} bytes exceeds the VHD maximum of 2040 GiB")
     return size
 
 

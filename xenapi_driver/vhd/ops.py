@@ -368,19 +368,28 @@ def _check_one(path: str) -> VHDImage:
             raise VHDFormatError(f"{image.path}: dynamic header has a data offset", path=image.path)
         if header.reserved1 or header.reserved2.strip(b"\0"):
             raise VHDFormatError(f"{image.path}: dynamic header reserved bits are not zero", path=image.path)
-        span = (image.bitmap_size + image.block_size) // fmt.SECTOR_SIZE
-        meta_end_sector = image.meta_end // fmt.SECTOR_SIZE
-        used = sorted((entry, i) for i, entry in enumerate(image.bat) if entry != fmt.UNUSED)
-        for (a, i), (b, j) in zip(used, used[1:], strict=False):
-            if b < a + span:
+        span = image.bitmap_size + image.block_size
+        regions = [
+            (0, fmt.FOOTER_SIZE, "footer copy"),
+            (image.footer.data_offset, fmt.HEADER_SIZE, "dynamic header"),
+            (header.table_offset, fmt.round_up(4 * header.max_table_entries, fmt.SECTOR_SIZE), "BAT"),
+        ]
+        regions += [
+            (loc.data_offset, loc.size, f"parent locator {i}")
+            for i, loc in enumerate(header.locators)
+            if loc.code != fmt.PLAT_NONE
+        ]
+        regions += [
+            (entry * fmt.SECTOR_SIZE, span, f"block {i}")
+            for i, entry in enumerate(image.bat)
+            if entry != fmt.UNUSED
+        ]
+        regions.sort()
+        for (a, alen, aname), (b, _, bname) in zip(regions, regions[1:], strict=False):
+            if b < a + alen:
                 raise VHDFormatError(
-                    f"{image.path}: block {i} (sector {a}) overlaps block {j} (sector {b})", path=image.path
+                    f"{image.path}: {aname} (offset {a}) overlaps {bname} (offset {b})", path=image.path
                 )
-        if used and used[0][0] < meta_end_sector:
-            raise VHDFormatError(
-                f"{image.path}: block {used[0][1]} (sector {used[0][0]}) overlaps the metadata",
-                path=image.path,
-            )
         if image.is_differencing:
             if header.parent_timestamp > now + TIMESTAMP_SLACK:
                 raise VHDFormatError(f"{image.path}: parent timestamp is in the future", path=image.path)

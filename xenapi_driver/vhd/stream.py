@@ -57,6 +57,22 @@ def _skip(src, length: int, *, what: str) -> None:
         length -= n
 
 
+def _check_trailer(src) -> None:
+    """Read to the end of the stream; its last 512 bytes must be a valid footer."""
+    tail = b""
+    while True:
+        chunk = src.read(fmt.BLOCK_SIZE)
+        if not chunk:
+            break
+        tail = (tail + bytes(chunk))[-fmt.FOOTER_SIZE :]
+    if len(tail) < fmt.FOOTER_SIZE:
+        raise VHDFormatError("VHD stream is truncated: the trailing footer is missing")
+    try:
+        fmt.Footer.unpack(tail, what="stream trailing footer")
+    except VHDFormatError as exc:
+        raise VHDFormatError(f"VHD stream is truncated or damaged: {exc}") from None
+
+
 def export_vhd_stream(path: str, out_fileobj, base_path: str | None = None) -> int:
     """Write the chain ending at ``path`` as one dynamic VHD stream; returns bytes written.
 
@@ -179,8 +195,7 @@ def import_vhd_stream(in_fileobj, path: str) -> int:
                 lo = bitmap_size + first * fmt.SECTOR_SIZE
                 chain.write(a, data[lo : lo + b - a])
                 written += b - a
-        trailer = _read_exact(in_fileobj, fmt.FOOTER_SIZE, what="trailing footer")
-        fmt.Footer.unpack(bytes(trailer), what="stream trailing footer")
+        _check_trailer(in_fileobj)
         chain.flush()
     finally:
         chain.close()
