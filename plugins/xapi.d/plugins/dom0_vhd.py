@@ -1,0 +1,271 @@
+"""VHD chains in dom0: reading metadata and data, importing chains into an SR.
+
+Python 3.6, standard library only. Metadata checks are done here (so a bad
+chain is refused before anything changes); every change to a VHD file goes
+through dom0's ``vhd-util`` as XenServer's storage manager does.
+"""
+
+import os
+import re
+import shutil
+import struct
+
+import dom0_utils
+from dom0_utils import fail
+
+SECTOR = 512
+_SEQ_RE = re.compile(r"^(0|[1-9][0-9]{0,4})\.vhd$")
+_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
+
+
+def _uuid_text(raw):
+    h = raw.hex() if hasattr(raw, "hex") else raw.encode("hex")
+    return "%s-%s-%s-%s-%s" % (h[0:8], h[8:12], h[12:16], h[16:20], h[20:32])
+
+
+class VHDMeta(object):
+    """The parts of a VHD footer and dynamic header the plug-ins need."""
+
+    def __init__(self, path):
+        self.path = path
+        size = os.path.getsize(path)
+        if size < SECTOR:
+            raise ValueError("%s is too small to be a VHD (%d bytes)" % (os.path.basename(path), size))
+        with open(path, "rb") as handle:
+            handle.seek(size - SECTOR)
+            footer = handle.read(SECTOR)
+            if footer[:8] != b"conectix":
+                handle.seek(0)
+                footer = handle.read(SECTOR)
+                if footer[:8] != b"conectix":
+                    raise ValueError("%s has no VHD footer" % os.path.basename(path))
+            self.data_offset = struct.unpack(">Q", footer[16:24])[0]
+            self.virtual_size = struct.unpack(">Q", footer[48:56])[0]
+            disk_type = struct.unpack(">I", footer[60:64])[0]
+            if disk_type not in _TYPES:
+                raise ValueError("%s has unknown disk type %d" % (os.path.basename(path), disk_type))
+            self.disk_type = _TYPES[disk_type]
+            self.uuid = _uuid_text(footer[68:84])
+            self.hidden = bool(footer[85])
+            self.parent_uuid = None
+            self.parent_name = None
+            self.block_size = 0
+            self.table_offset = 0
+            self.max_entries = 0
+            if self.disk_type != "fixed":
+                handle.seek(self.data_offset)
+                header = handle.read(1024)
+                if header[:8] != b"cxsparse":
+                    raise ValueError("%s has no dynamic disk header" % os.path.basename(path))
+                self.table_offset = struct.unpack(">Q", header[16:24])[0]
+                self.max_entries = struct.unpack(">I", header[28:32])[0]
+                self.block_size = struct.unpack(">I", header[32:36])[0]
+                if self.disk_type == "differencing":
+                    self.parent_uuid = _uuid_text(header[40:56])
+                    name = header[64:576].decode("utf-16-be", "replace")
+                    self.parent_name = name.split("\x00", 1)[0]
+
+
+def meta(path, label=None):
+    try:
+        return VHDMeta(path)
+    except (ValueError, IOError, OSError) as exc:
+        fail("VHD_CHAIN_INVALID", "%s is not a readable VHD: %s" % (label or os.path.basename(path), exc))
+
+
+class ChainReader(object):
+    """Read virtual-disk bytes through a VHD chain (or a raw file)."""
+
+    def __init__(self, path):
+        self.levels = []
+        self._handles = []
+        seen = set()
+        current = path
+        while current is not None:
+            info = VHDMeta(current)
+            if info.uuid in seen or len(self.levels) > 64:
+                raise ValueError("VHD chain loops at %s" % current)
+            seen.add(info.uuid)
+            handle = open(current, "rb")
+            self._handles.append(handle)
+            bat = None
+            if info.disk_type != "fixed":
+                handle.seek(info.table_offset)
+                raw = handle.read(4 * info.max_entries)
+                bat = struct.unpack(">%dI" % info.max_entries, raw)
+            self.levels.append((info, handle, bat))
+            if info.disk_type == "differencing":
+                parent = os.path.join(os.path.dirname(current), os.path.basename(info.parent_name or ""))
+                if not info.parent_name or not os.path.isfile(parent):
+                    raise ValueError("parent %r of %s is missing" % (info.parent_name, current))
+                if VHDMeta(parent).uuid != info.parent_uuid:
+                    raise ValueError("parent %s of %s has the wrong UUID" % (parent, current))
+                current = parent
+            else:
+                current = None
+        self.virtual_size = self.levels[0][0].virtual_size
+
+    def close(self):
+        for handle in self._handles:
+            handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _sector(self, level, sector):
+        """The 512 bytes of ``sector`` as seen from chain level ``level``."""
+        info, handle, bat = self.levels[level]
+        if info.disk_type == "fixed":
+            handle.seek(sector * SECTOR)
+            return handle.read(SECTOR).ljust(SECTOR, b"\0")
+        per_block = info.block_size // SECTOR
+        block, index = divmod(sector, per_block)
+        entry = bat[block] if block < len(bat) else 0xFFFFFFFF
+        if entry != 0xFFFFFFFF:
+            bitmap_bytes = ((per_block + 7) // 8 + SECTOR - 1) // SECTOR * SECTOR
+            present = True
+            if info.disk_type == "differencing":
+                handle.seek(entry * SECTOR + index // 8)
+                present = bool(ord(handle.read(1)) & (0x80 >> (index % 8)))
+            if present:
+                handle.seek(entry * SECTOR + bitmap_bytes + index * SECTOR)
+                return handle.read(SECTOR).ljust(SECTOR, b"\0")
+        if info.disk_type == "differencing" and level + 1 < len(self.levels):
+            return self._sector(level + 1, sector)
+        return b"\0" * SECTOR
+
+    def read(self, offset, length):
+        end = min(offset + length, self.virtual_size)
+        out = bytearray()
+        position = offset
+        while position < end:
+            sector, skip = divmod(position, SECTOR)
+            data = self._sector(0, sector)[skip:]
+            take = min(len(data), end - position)
+            out += data[:take]
+            position += take
+        return bytes(out)
+
+
+def vhd_util(*args):
+    return dom0_utils.run_command(["vhd-util"] + [str(a) for a in args])[1]
+
+
+def collect_sequence(staging):
+    """The ``<n>.vhd`` files of a staging directory as a list indexed by n; refuses gaps/strays."""
+    found = {}
+    for name in sorted(os.listdir(staging)):
+        if name.startswith(".") and name.endswith(".tmp"):
+            continue
+        match = _SEQ_RE.match(name)
+        path = os.path.join(staging, name)
+        if not match:
+            fail("VHD_CHAIN_INVALID", "unexpected file %r in the staging area (only <n>.vhd allowed)" % name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            fail("VHD_CHAIN_INVALID", "%s is not a regular file" % name)
+        found[int(match.group(1))] = path
+    if not found:
+        fail("VHD_CHAIN_INVALID", "no VHD files were received")
+    missing = [str(n) for n in range(max(found) + 1) if n not in found]
+    if missing:
+        fail(
+            "VHD_CHAIN_INVALID", "the sequence has gaps: missing %s" % ", ".join(m + ".vhd" for m in missing)
+        )
+    return [found[n] for n in range(len(found))]
+
+
+def _place(source, target):
+    """Move ``source`` to ``target`` (same file system: rename; else copy then rename)."""
+    try:
+        os.rename(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != 18:  # EXDEV
+            raise
+    partial = os.path.join(os.path.dirname(target), "." + os.path.basename(target) + ".tmp")
+    try:
+        shutil.copy2(source, partial)
+        os.rename(partial, target)
+    finally:
+        if os.path.lexists(partial):
+            os.unlink(partial)
+
+
+def import_chain(staging, sr_path, new_uuids=None, log=None):
+    """Import the ``0.vhd`` (leaf) .. ``n.vhd`` (base) chain in ``staging`` into an SR.
+
+    ``staging`` is a real (root-mapped) directory; ``sr_path`` the dom0 SR path.
+    Each file gets a fresh UUID (``new_uuids`` leaf first, generated when
+    None); children are re-linked to their parents with ``vhd-util modify -p``,
+    the chain is checked with ``vhd-util check -p``, then moved into the SR.
+    On any failure the SR is left as it was. Returns the new UUIDs, leaf first.
+    """
+    sr_dir = dom0_utils.dom0_path(sr_path)
+    if not os.path.isdir(sr_dir):
+        fail("NOT_FOUND", "SR directory", sr_path)
+    files = collect_sequence(staging)
+    count = len(files)
+    if new_uuids is None:
+        new_uuids = [dom0_utils.new_uuid() for _ in files]
+    elif len(new_uuids) != count:
+        fail(
+            "VHD_CHAIN_INVALID",
+            "received %d VHD files but %d new UUIDs were given" % (count, len(new_uuids)),
+        )
+    infos = [meta(path, "%d.vhd" % n) for n, path in enumerate(files)]
+    for n, info in enumerate(infos):
+        if n + 1 < count:
+            if info.disk_type != "differencing":
+                fail(
+                    "VHD_CHAIN_INVALID",
+                    "%d.vhd is a %s disk but %d.vhd follows it" % (n, info.disk_type, n + 1),
+                )
+            if info.parent_uuid != infos[n + 1].uuid:
+                fail(
+                    "VHD_CHAIN_INVALID",
+                    "%d.vhd's parent is %s, not %d.vhd (%s)"
+                    % (n, info.parent_uuid, n + 1, infos[n + 1].uuid),
+                )
+        elif info.disk_type == "differencing":
+            fail("VHD_CHAIN_INVALID", "the chain is incomplete: its base %d.vhd has a parent" % n)
+    if "hidden: 1" in vhd_util("query", "-n", files[0], "-f"):
+        fail("VHD_CHAIN_INVALID", "the leaf 0.vhd is hidden: refusing to import a base copy as a disk")
+    for vdi_uuid in new_uuids:
+        for ext in (".vhd", ".raw"):
+            if os.path.lexists(os.path.join(sr_dir, vdi_uuid + ext)):
+                fail("ALREADY_EXISTS", "%s/%s%s" % (sr_path, vdi_uuid, ext))
+    work = os.path.join(staging, ".import")
+    dom0_utils.remove_tree(work)
+    os.mkdir(work)
+    moved = []
+    try:
+        named = []
+        for index, path in enumerate(files):
+            target = os.path.join(work, new_uuids[index] + ".vhd")
+            os.link(path, target)
+            named.append(target)
+        for n in range(1, count):
+            if not infos[n].hidden:
+                vhd_util("set", "-n", named[n], "-f", "hidden", "-v", "1")
+        for n in range(count - 2, -1, -1):
+            vhd_util("modify", "-n", named[n], "-p", named[n + 1])
+        vhd_util("check", "-n", named[0], "-p")
+        for path in reversed(named):
+            target = os.path.join(sr_dir, os.path.basename(path))
+            _place(path, target)
+            moved.append(target)
+        if log:
+            log.info("imported chain %s into %s", new_uuids, sr_path)
+    except BaseException:
+        for target in moved:
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
+        raise
+    finally:
+        dom0_utils.remove_tree(work)
+    return new_uuids
