@@ -162,10 +162,6 @@ def parse_default(type_: str, text: str) -> object:
         return s == "true"
     if t == "datetime":
         return s.strip('"')
-    if t.startswith("enum "):
-        return s.strip('"')
-    if t.endswith(" ref"):
-        return "OpaqueRef:NULL" if s in ("Null", "") else s
     if t.endswith(" set"):
         inner = s[1:-1] if s.startswith("{") else s
         elem = t[: -len(" set")]
@@ -180,6 +176,10 @@ def parse_default(type_: str, text: str) -> object:
                 json.loads(v.strip()) if v.strip().startswith('"') else v.strip()
             )
         return out
+    if t.startswith("enum "):
+        return s.strip('"')
+    if t.endswith(" ref"):
+        return "OpaqueRef:NULL" if s in ("Null", "") else s
     return s
 
 

@@ -131,6 +131,10 @@ class Database:
             self._link(cls, ref, rec)
             return ref
 
+    def modified(self, cls: str, ref: str) -> int:
+        """Generation of the object's last change (0 if unknown)."""
+        return self._gens.get(cls, {}).get(ref, [0, 0])[1]
+
     def exists(self, cls: str, ref: str) -> bool:
         return ref in self._table(cls)
 

@@ -2,7 +2,8 @@
 
 Every module listed here is imported once (by the dispatcher) so its
 ``@message``/``@http_handler`` decorators register.  A module that does not
-exist yet is skipped; one that exists but fails to import is an error.
+exist yet is skipped; one that fails to import is logged (with its
+traceback) and recorded in ``FAILED`` so the rest of the simulator works.
 To add a module, add its name to ``MODULES`` (one line).
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+
+LOG = logging.getLogger(__name__)
 
 MODULES = [
     "core",
@@ -22,6 +26,7 @@ MODULES = [
 ]
 
 LOADED: list[str] = []
+FAILED: dict[str, str] = {}
 
 
 def load_all() -> list[str]:
@@ -32,6 +37,12 @@ def load_all() -> list[str]:
             continue
         if importlib.util.find_spec(full) is None:
             continue
-        importlib.import_module(full)
+        try:
+            importlib.import_module(full)
+        except Exception as e:  # noqa: BLE001 - keep the simulator usable, but say so loudly
+            LOG.exception("simulator handler module %s failed to import", full)
+            FAILED[name] = f"{type(e).__name__}: {e}"
+            continue
+        FAILED.pop(name, None)
         LOADED.append(name)
     return list(LOADED)
