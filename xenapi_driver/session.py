@@ -46,6 +46,10 @@ LOG = logging.getLogger(__name__)
 API_VERSION = "1.0"
 #: The dom0 plug-in that reports the installed plug-ins' version.
 VERSION_PLUGIN = "dom0_plugin_version"
+#: The plug-in version this driver needs: same major, at least this minor.
+#: Raise the minor when the driver starts using a new plug-in function, the
+#: major when a plug-in changes incompatibly (with plugins/.../dom0_utils.py).
+REQUIRED_PLUGIN_VERSION = "1.0"
 #: How many HOST_IS_SLAVE redirects to follow before giving up (a loop).
 _MAX_REDIRECTS = 3
 #: Polling interval bounds for Async tasks (seconds): start fast, back off.
@@ -408,11 +412,40 @@ class XenAPISession:
         LOG.debug("Logged in to %s as %s (originator %s)", shown, self.username, self.originator)
 
     def _relogin(self, conn: _Conn) -> None:
-        """Replace ``conn``'s expired session by a fresh one (in place)."""
+        """Replace ``conn``'s session by a fresh one on the master (in place)."""
         with contextlib.suppress(Exception):
             conn.transport.close()
-        fresh, _ = self._open()
+        fresh, redirected = self._open()
         conn.sdk, conn.transport, conn.url = fresh.sdk, fresh.transport, fresh.url
+        if redirected:
+            self._rehome(conn)
+
+    def _rehome(self, conn: _Conn) -> None:
+        """The pool master changed: find the managed host again on the new one.
+
+        A host that joins a pool (or a pool whose master moved) keeps its UUID
+        but may get a new reference in the pool's database.
+        """
+        try:
+            ref = self._call_on(conn, "host.get_by_uuid", (self.host_uuid,))
+        except exception.XenAPIError as exc:
+            LOG.error(
+                "The pool master is now %s, but it does not know the managed host %s (%s): %s",
+                _display_url(self.master_url),
+                self.host_address,
+                self.host_uuid,
+                exc,
+            )
+            raise
+        if ref != self.host_ref:
+            LOG.info(
+                "The pool master is now %s; the managed host %s (%s) is %s there",
+                _display_url(self.master_url),
+                self.host_address,
+                self.host_uuid,
+                ref,
+            )
+        self.host_ref = ref
 
     def _logout(self, conn: _Conn) -> None:
         if conn.sdk._session is None:
@@ -483,7 +516,9 @@ class XenAPISession:
                     waited = True
                 self._cond.wait()
         try:
-            conn, _ = self._open()
+            conn, redirected = self._open()
+            if redirected:
+                self._rehome(conn)
         except BaseException:
             with self._cond:
                 self._created -= 1
@@ -580,8 +615,28 @@ class XenAPISession:
                 )
                 self._relogin(conn)
                 continue
+            if details[0] == "HOST_IS_SLAVE" and attempt == 1 and len(details) > 1:
+                # The pool master moved (pool.designate_new_master, or our host
+                # joined a pool): follow it, then retry once.
+                old_handle = conn.handle
+                LOG.info(
+                    "%s is no longer the pool master; following it to %s and retrying %s",
+                    _display_url(conn.url),
+                    details[1],
+                    method,
+                )
+                self._relogin(conn)  # logging in there redirects us to the new master
+                self._forget_session(conn, old_handle)
+                continue
             raise exception.XenAPIError(details[0], details[1:], method=method, url=_display_url(conn.url))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _forget_session(self, conn: _Conn, handle: str | None) -> None:
+        """Best-effort logout of an old session that may still be alive in the pool."""
+        if not handle or handle == conn.handle:
+            return
+        with contextlib.suppress(Exception):
+            getattr(conn.sdk, "session.logout")(handle)
 
     def call_xenapi(self, method: str, *args: Any) -> Any:
         """Call a XAPI message, e.g. ``call_xenapi("VM.get_record", vm_ref)``.
@@ -700,7 +755,7 @@ class XenAPISession:
 
     # ---------------------------------------------------- plug-in check
 
-    def check_plugin_version(self, required: str) -> str:
+    def check_plugin_version(self, required: str = REQUIRED_PLUGIN_VERSION) -> str:
         """Refuse to go on unless the managed host's dom0 plug-ins fit.
 
         The installed version (plug-in ``dom0_plugin_version``, function

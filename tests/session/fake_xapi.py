@@ -66,6 +66,8 @@ class FakePool:
         self.logouts = 0
         self.sessions_seen: set[str] = set()
         self.hosts: dict[str, dict] = {}
+        self.host_order: list[str] = []  # host refs by member index
+        self.master_index = 0
         self.vms: dict[str, dict] = {}
         self.tasks: dict[str, dict] = {}
         self.plugins: dict[str, dict[str, Callable[[dict], str]]] = {
@@ -123,7 +125,8 @@ class FakePool:
                 "hostname": f"xenserver{index + 1}",
                 "name_label": f"xenserver{index + 1}",
             }
-            server.register_instance(_Endpoint(self, ref, is_master=index == 0))
+            self.host_order.append(ref)
+            server.register_instance(_Endpoint(self, index))
             thread = threading.Thread(
                 target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
             )
@@ -135,7 +138,7 @@ class FakePool:
         return f"{self.scheme}://127.0.0.{member + 1}:{self.port}"
 
     def host_ref(self, member: int) -> str:
-        return list(self.hosts)[member]
+        return self.host_order[member]
 
     def stop(self) -> None:
         self.gate.set()
@@ -153,6 +156,23 @@ class FakePool:
         with self.lock:
             self.sessions.clear()
 
+    def designate_new_master(self, member: int) -> None:
+        """Like ``pool.designate_new_master``: sessions survive, the old master becomes a member."""
+        self.master_index = member
+
+    def rejoin_as_new_pool(self, master: int) -> None:
+        """Like a standalone host joining another host's pool: every host gets a new
+        reference in the (new) pool database (UUIDs stay) and the toolstack restarts."""
+        with self.lock:
+            order = []
+            for ref in self.host_order:
+                new = _ref()
+                self.hosts[new] = self.hosts.pop(ref)
+                order.append(new)
+            self.host_order = order
+            self.master_index = master
+            self.sessions.clear()
+
     @property
     def live_sessions(self) -> int:
         with self.lock:
@@ -167,10 +187,17 @@ class FakePool:
 class _Endpoint:
     """The XML-RPC face of one host."""
 
-    def __init__(self, pool: FakePool, host_ref: str, is_master: bool) -> None:
+    def __init__(self, pool: FakePool, index: int) -> None:
         self.pool = pool
-        self.host_ref = host_ref
-        self.is_master = is_master
+        self.index = index
+
+    @property
+    def host_ref(self) -> str:
+        return self.pool.host_order[self.index]
+
+    @property
+    def is_master(self) -> bool:
+        return self.pool.master_index == self.index
 
     def _dispatch(self, method: str, params: tuple) -> dict:
         try:
@@ -180,7 +207,7 @@ class _Endpoint:
         return {"Status": "Success", "Value": value}
 
     def _master_address(self) -> str:
-        return next(iter(self.pool.hosts.values()))["address"]
+        return self.pool.hosts[self.pool.host_order[self.pool.master_index]]["address"]
 
     def _handle(self, method: str, params: list) -> object:
         pool = self.pool

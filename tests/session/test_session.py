@@ -385,3 +385,57 @@ def test_tls_verifies_by_default_and_honours_ca_file_and_insecure(tls_pool):
     with pytest.raises(exception.ConfigurationError, match="ca_file"):
         _session(pool, ca_file="/nonexistent/ca.pem")
     assert pool.live_sessions == 0
+
+
+# ------------------------------------------------------ pool master moves
+
+
+def test_master_moves_calls_follow_it(pool):
+    session = _session(pool, member=1)  # manages the member 127.0.0.2
+    try:
+        assert session.master_url.startswith(pool.url(0))
+        pool.designate_new_master(1)
+        assert session.call_xenapi("VM.get_name_label", pool.vm_ref) == "vm-1"
+        assert session.master_url.startswith(pool.url(1))
+        assert session.host_ref == pool.host_ref(1)
+        session.call_plugin("dom0_plugin_version", "get_version", {})
+        assert pool.plugin_calls[-1][0] == pool.host_ref(1)
+    finally:
+        session.close()
+    assert pool.live_sessions == 0
+
+
+def test_standalone_host_joins_a_pool_and_is_still_managed(pool):
+    pool.designate_new_master(0)
+    session = _session(pool, member=0)  # 127.0.0.1, the master for now
+    try:
+        managed_uuid = session.host_uuid
+        old_ref = session.host_ref
+        # Our host joins the pool of 127.0.0.2: its toolstack restarts, refs change.
+        pool.rejoin_as_new_pool(master=1)
+        assert session.call_xenapi("VM.get_name_label", pool.vm_ref) == "vm-1"
+        assert session.master_url.startswith(pool.url(1))
+        assert session.host_uuid == managed_uuid
+        assert session.host_address == "127.0.0.1"
+        assert session.host_ref == pool.host_ref(0) != old_ref
+        session.call_plugin("dom0_plugin_version", "get_version", {})
+        assert pool.plugin_calls[-1][0] == pool.host_ref(0)
+    finally:
+        session.close()
+    assert pool.live_sessions == 0
+
+
+def test_required_plugin_version_matches_the_shipped_plugins():
+    """The driver's requirement must be met by the plug-ins in this tree."""
+    import re
+    from pathlib import Path
+
+    from xenapi_driver.session import REQUIRED_PLUGIN_VERSION
+
+    utils = Path(__file__).resolve().parents[2] / "plugins" / "xapi.d" / "plugins" / "dom0_utils.py"
+    if not utils.exists():
+        pytest.skip("dom0 plug-ins not in this tree yet")
+    shipped = re.search(r'^PLUGIN_VERSION = "([^"]+)"', utils.read_text(), re.M).group(1)
+    have = tuple(int(x) for x in shipped.split("."))
+    need = tuple(int(x) for x in REQUIRED_PLUGIN_VERSION.split("."))
+    assert have[0] == need[0] and have[1] >= need[1], (shipped, REQUIRED_PLUGIN_VERSION)
