@@ -268,17 +268,45 @@ class LoopbackSSHServer:
         if process is None:
             return
         victims = self._descendants(process.pid) if process.poll() is None else []
-        for pid in dict.fromkeys([process.pid, *victims, *self._marked_processes()]):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        orphans = [pid for pid in self._marked_processes() if pid not in victims and pid != process.pid]
+        self._signal_all([process.pid, *victims, *orphans], signal.SIGCONT)  # a frozen parent cannot reap
+        # Deepest first, each reaped by its still-living sshd parent before the
+        # parent goes: killing all at once would leave zombies under a PID 1
+        # that does not reap (as in many containers).
+        give_up = time.monotonic() + 3.0
+        for pid in [*orphans, *reversed(victims)]:
+            self._signal_all([pid], signal.SIGKILL)
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < give_up:
+                time.sleep(0.005)
+        self._signal_all([process.pid], signal.SIGKILL)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise SSHServerError(f"sshd (pid {process.pid}) did not stop within {timeout}s") from exc
         self._process = None
         self._close_log()
+
+    def _all_pids(self) -> list[int]:
+        if self._process is None:
+            return []
+        pids = [self._process.pid, *self._descendants(self._process.pid), *self._marked_processes()]
+        return list(dict.fromkeys(pids))
+
+    @staticmethod
+    def _signal_all(pids: list[int], signum: int) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def freeze(self) -> None:
+        """SIGSTOP sshd and its sessions: a hung host. TCP still connects, nothing answers."""
+        self._signal_all(self._all_pids(), signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`."""
+        self._signal_all(self._all_pids(), signal.SIGCONT)
 
     def restart(self, timeout: float = 15.0) -> None:
         """Stop then start on the same port (a reboot)."""

@@ -202,6 +202,8 @@ class HostReadiness:
         Refusals, resets, missing banners, refused keys and failing checks
         are retried with back-off; a host-key mismatch is not.
         """
+        state: str | None = None
+        detail = ""
         while True:
             try:
                 conn = self._connection(deadline, phase)
@@ -217,7 +219,10 @@ class HostReadiness:
                 state, detail = "auth-failed", f"SSH answers but {exc} (still installing?)"
             except Unreachable as exc:
                 self.close()
-                state, detail = "unreachable", f"{self.name}: {exc}"
+                if state is None or deadline.remaining >= 0.01:
+                    state, detail = "unreachable", f"{self.name}: {exc}"
+                # else: the last try was cut short by the deadline itself; the
+                # state seen before it is the honest one to report.
             if self.recorder.transition(phase, state, detail) is not None:
                 delays.reset()
             if deadline.remaining < 0.01:
