@@ -139,3 +139,12 @@ def test_registering_twice_is_harmless(conf):
     xconf.register_opts(conf)
     xconf.register_opts(cfg.CONF)
     assert "xenserver" in cfg.CONF
+
+
+def test_overrides_do_not_leak_between_config_objects():
+    first, second = cfg.ConfigOpts(), cfg.ConfigOpts()
+    for conf in (first, second):
+        xconf.register_opts(conf)
+        conf([], project="nova", default_config_files=[])
+    first.set_override("connection_url", "http://first.example.org", group="xenserver")
+    assert second.xenserver.connection_url is None

@@ -16,10 +16,8 @@ from oslo_config import cfg
 
 GROUP_NAME = "xenserver"
 
-xenserver_group = cfg.OptGroup(
-    GROUP_NAME,
-    title="XenServer / XCP-ng options",
-    help="""
+_GROUP_TITLE = "XenServer / XCP-ng options"
+_GROUP_HELP = """
 Options for the XenServer / XCP-ng (XAPI) compute driver, used when
 ``[DEFAULT] compute_driver = xenapi.XenAPIDriver``.
 
@@ -27,8 +25,10 @@ Each nova-compute service manages exactly one XenServer host. It talks to
 XAPI on that host's pool master; when ``connection_url`` points at a pool
 member, the driver follows XAPI's redirect to the master and keeps managing
 the member it was pointed at.
-""",
-)
+"""
+
+#: The group as listed for the sample generator and the docs.
+xenserver_group = cfg.OptGroup(GROUP_NAME, title=_GROUP_TITLE, help=_GROUP_HELP)
 
 connection_opts = [
     # Not ``required=True``: oslo.config enforces that whenever any program
@@ -420,10 +420,14 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register the ``[xenserver]`` group and its options on ``conf``.
 
     Idempotent, as oslo.config allows re-registering identical options, so
-    every module that reads the options may call it.
+    every module that reads the options may call it. Each ConfigOpts gets its
+    own OptGroup object: oslo.config keeps option values and overrides in the
+    group object (shallow-copied on registration), so sharing one between
+    ConfigOpts instances would leak overrides from one to the other.
     """
-    conf.register_group(xenserver_group)
-    conf.register_opts(ALL_OPTS, group=xenserver_group)
+    if GROUP_NAME not in conf:
+        conf.register_group(cfg.OptGroup(GROUP_NAME, title=_GROUP_TITLE, help=_GROUP_HELP))
+    conf.register_opts(ALL_OPTS, group=GROUP_NAME)
 
 
 def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
