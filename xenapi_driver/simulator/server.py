@@ -160,6 +160,7 @@ class Request:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes: avoid 40 ms stalls
     server: HostServer
     server_version = "xapi/25.6"
     sys_version = ""
@@ -236,6 +237,8 @@ class Handler(BaseHTTPRequestHandler):
             return success(dispatch.call(world, self.sim_host, method, params))
         except XapiError as e:
             return failure(e.details)
+        except dispatch.AsyncUnavailable:
+            raise
         except Exception as e:  # noqa: BLE001 - a simulator bug is an INTERNAL_ERROR, as in XAPI
             LOG.exception("internal error in %s", method)
             return failure(["INTERNAL_ERROR", f"{type(e).__name__}: {e}"])

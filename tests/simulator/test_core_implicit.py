@@ -1,0 +1,101 @@
+"""Implicit messages from the schema alone, and get_all_records_where."""
+
+from __future__ import annotations
+
+import pytest
+
+NET = {"name_label": "", "name_description": "", "MTU": "1500", "other_config": {}, "bridge": "",
+       "managed": True, "tags": []}  # fmt: skip
+
+
+@pytest.fixture
+def net(xapi):
+    ref = xapi.network.create(dict(NET, name_label="implicit-net"))
+    yield ref
+    try:
+        xapi.network.destroy(ref)
+    except Exception:  # noqa: BLE001 - a test may have destroyed it
+        pass
+
+
+def test_get_set_fields(xapi, net):
+    assert xapi.network.get_name_label(net) == "implicit-net"
+    xapi.network.set_name_label(net, "renamed")
+    assert xapi.network.get_record(net)["name_label"] == "renamed"
+    assert xapi.network.get_by_name_label("renamed") == [net]
+    uuid = xapi.network.get_uuid(net)
+    assert xapi.network.get_by_uuid(uuid) == net
+    assert net in xapi.network.get_all()
+    assert xapi.network.get_all_records()[net]["uuid"] == uuid
+
+
+def test_map_add_remove_and_duplicate_key(xapi, net, failure):
+    xapi.network.add_to_other_config(net, "k", "v")
+    assert xapi.network.get_other_config(net) == {"k": "v"}
+    assert failure(xapi.network.add_to_other_config, net, "k", "w") == [
+        "MAP_DUPLICATE_KEY",
+        "network",
+        "other_config",
+        net,
+        "k",
+    ]
+    xapi.network.remove_from_other_config(net, "k")
+    xapi.network.remove_from_other_config(net, "absent")  # no error, as in XAPI
+    assert xapi.network.get_other_config(net) == {}
+    xapi.network.set_other_config(net, {"a": "1", "b": "2"})
+    assert xapi.network.get_other_config(net) == {"a": "1", "b": "2"}
+
+
+def test_set_add_remove(xapi, net):
+    xapi.network.add_tags(net, "red")
+    xapi.network.add_tags(net, "red")
+    xapi.network.add_tags(net, "blue")
+    assert sorted(xapi.network.get_tags(net)) == ["blue", "red"]
+    xapi.network.remove_tags(net, "red")
+    assert xapi.network.get_tags(net) == ["blue"]
+
+
+def test_create_requires_fields_without_defaults(xapi, failure):
+    assert failure(xapi.network.create, {"name_label": "x"})[0] == "FIELD_TYPE_ERROR"
+
+
+def test_create_ignores_runtime_fields_and_destroy(xapi, failure):
+    ref = xapi.network.create(dict(NET, name_label="x", VIFs=["OpaqueRef:bogus"]))
+    assert xapi.network.get_VIFs(ref) == []
+    xapi.network.destroy(ref)
+    assert failure(xapi.network.get_record, ref) == ["HANDLE_INVALID", "network", ref]
+
+
+def test_relations_are_kept_both_ways(xapi, sim):
+    host = sim.pool.master.ref
+    pifs = xapi.host.get_PIFs(host)
+    assert len(pifs) == 1
+    assert xapi.PIF.get_host(pifs[0]) == host
+    assert len(xapi.host.get_host_CPUs(host)) == sim.world.host_cpus
+    assert sim.pool.master.local_sr in [xapi.PBD.get_SR(p) for p in xapi.host.get_PBDs(host)]
+
+
+def test_get_all_records_where(xapi, sim):
+    vms = xapi.VM.get_all_records_where('field "is_control_domain"="true"')
+    assert len(vms) == 3
+    assert all(r["is_control_domain"] for r in vms.values())
+    none = xapi.VM.get_all_records_where('field "is_control_domain"="true" and not field "domid"="0"')
+    assert none == {}
+    master = sim.pool.master.ref
+    either = xapi.VM.get_all_records_where(
+        f'field "resident_on"="{master}" or '
+        '(field "is_a_template"="true" and field "is_control_domain"="false")'
+    )
+    assert [r["resident_on"] for r in either.values()] == [master]
+    # enums compare case-insensitively, like XAPI's lower-case database
+    assert len(xapi.VM.get_all_records_where('field "power_state"="running"')) == 3
+    assert xapi.VM.get_all_records_where("false") == {}
+    assert len(xapi.SR.get_all_records_where('field "type"="ext"')) == 3
+    assert len(xapi.SR.get_all_records_where('field "shared" = "true" and field "content_type"="iso"')) == 1
+
+
+def test_get_all_records_where_bad_expression(xapi, failure):
+    details = failure(xapi.VM.get_all_records_where, 'field "no_such_field"="x"')
+    assert details[0] == "INTERNAL_ERROR"
+    assert "no_such_field" in details[1]
+    assert failure(xapi.VM.get_all_records_where, 'field "name_label"=')[0] == "INTERNAL_ERROR"
