@@ -66,7 +66,9 @@ class Events:
 
 def http(url, method, session_ref, body=None, **query):
     query = {"session_id": session_ref, **query}
-    req = urllib.request.Request(f"{url.rstrip('/')}/{method[1]}?{urlencode(query)}", data=body, method=method[0])
+    req = urllib.request.Request(
+        f"{url.rstrip('/')}/{method[1]}?{urlencode(query)}", data=body, method=method[0]
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return resp.status, resp.read(), resp.headers
 
