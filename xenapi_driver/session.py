@@ -427,7 +427,8 @@ class XenAPISession:
         but may get a new reference in the pool's database.
         """
         try:
-            ref = self._call_on(conn, "host.get_by_uuid", (self.host_uuid,))
+            with self._bounded_reads(conn):
+                ref = self._call_on(conn, "host.get_by_uuid", (self.host_uuid,))
         except exception.XenAPIError as exc:
             LOG.error(
                 "The pool master is now %s, but it does not know the managed host %s (%s): %s",
@@ -459,6 +460,15 @@ class XenAPISession:
             with contextlib.suppress(Exception):
                 conn.transport.close()
 
+    @contextlib.contextmanager
+    def _bounded_reads(self, conn: _Conn) -> Iterator[None]:
+        """Bound answers by ``login_timeout`` for the quick calls made while connecting."""
+        conn.transport.read_timeout = self.login_timeout
+        try:
+            yield
+        finally:
+            conn.transport.read_timeout = self.call_timeout
+
     def _find_managed_host(self, conn: _Conn, member_host: str | None) -> None:
         """Record the host this compute manages.
 
@@ -467,11 +477,13 @@ class XenAPISession:
         the master by its address.
         """
         if member_host is None:
-            ref = self._call_on(conn, "session.get_this_host", (conn.handle,))
-            rec = self._call_on(conn, "host.get_record", (ref,))
+            with self._bounded_reads(conn):
+                ref = self._call_on(conn, "session.get_this_host", (conn.handle,))
+                rec = self._call_on(conn, "host.get_record", (ref,))
         else:
             wanted = _host_addresses(member_host)
-            records = self._call_on(conn, "host.get_all_records", ())
+            with self._bounded_reads(conn):
+                records = self._call_on(conn, "host.get_all_records", ())
             matches = [
                 (ref, rec)
                 for ref, rec in records.items()

@@ -439,3 +439,15 @@ def test_required_plugin_version_matches_the_shipped_plugins():
     have = tuple(int(x) for x in shipped.split("."))
     need = tuple(int(x) for x in REQUIRED_PLUGIN_VERSION.split("."))
     assert have[0] == need[0] and have[1] >= need[1], (shipped, REQUIRED_PLUGIN_VERSION)
+
+
+def test_call_timeout_bounds_a_hung_call_and_the_session_recovers(pool):
+    with _session(pool, call_timeout=0.3) as session:
+        pool.gated_method = "VM.get_name_label"
+        pool.gate.clear()
+        outcome = _bounded(lambda: session.call_xenapi("VM.get_name_label", pool.vm_ref))
+        exc = outcome["error"]
+        assert isinstance(exc, exception.XenAPIConnectionError)
+        assert exc.code == "CONNECTION_TIMEOUT" and "VM.get_name_label" in str(exc)
+        pool.gate.set()
+        assert session.call_xenapi("VM.get_name_label", pool.vm_ref) == "vm-1"
