@@ -147,17 +147,45 @@ def walk(sim, src, dst, a, b):
     disk_uuid = a.VDI.get_uuid(disk)
     payload = os.urandom(4096) * 8  # 32 KiB of data at the start of the disk
     task = a.task.create("import", "")
-    status, _, _ = http(sim.pools[0].url, ("PUT", "import_raw_vdi"), src._session, payload, vdi=disk,
-                        format="raw", task_id=task)  # fmt: skip
+    status, _, _ = http(
+        sim.pools[0].url,
+        ("PUT", "import_raw_vdi"),
+        src._session,
+        payload,
+        vdi=disk,
+        format="raw",
+        task_id=task,
+    )
     assert status == 200
     assert a.task.get_status(task) == "success"
     assert disk in a.task.get_result(task)
     vm = new_vm(a, "walker")
-    vbd = a.VBD.create({"VM": vm, "VDI": disk, "userdevice": "0", "bootable": True, "mode": "RW", "type": "Disk",
-                        "empty": False, "other_config": {}, "qos_algorithm_type": "",
-                        "qos_algorithm_params": {}})  # fmt: skip
-    vif = a.VIF.create({"device": "0", "network": network, "VM": vm, "MAC": "", "MTU": "1500", "other_config": {},
-                        "qos_algorithm_type": "", "qos_algorithm_params": {}})  # fmt: skip
+    vbd = a.VBD.create(
+        {
+            "VM": vm,
+            "VDI": disk,
+            "userdevice": "0",
+            "bootable": True,
+            "mode": "RW",
+            "type": "Disk",
+            "empty": False,
+            "other_config": {},
+            "qos_algorithm_type": "",
+            "qos_algorithm_params": {},
+        }
+    )
+    vif = a.VIF.create(
+        {
+            "device": "0",
+            "network": network,
+            "VM": vm,
+            "MAC": "",
+            "MTU": "1500",
+            "other_config": {},
+            "qos_algorithm_type": "",
+            "qos_algorithm_params": {},
+        }
+    )
     rec = a.VM.get_record(vm)
     assert rec["power_state"] == "Halted" and rec["domid"] == "-1" and rec["resident_on"] == NULL
     assert "start" in rec["allowed_operations"] and "suspend" not in rec["allowed_operations"]
@@ -257,8 +285,9 @@ def walk(sim, src, dst, a, b):
     assert b.VDI.get_SR(new_disk) == dest_sr
     assert b.VIF.get_network(brec["VIFs"][0]) == dest_net and b.VIF.get_MAC(brec["VIFs"][0]) == mac
     assert [b.VM.get_snapshot_of(s) for s in brec["snapshots"]] == [new_vm_ref]
-    status, data, headers = http(sim.pools[1].url, ("GET", "export_raw_vdi"), dst._session, vdi=new_disk,
-                                 format="raw")  # fmt: skip
+    status, data, headers = http(
+        sim.pools[1].url, ("GET", "export_raw_vdi"), dst._session, vdi=new_disk, format="raw"
+    )
     assert status == 200 and data[: len(payload)] == payload and len(data) == 8 * MiB
     assert fails(a.VM.get_by_uuid, rec["uuid"]) == ["UUID_INVALID", "VM", rec["uuid"]]
     assert fails(a.VDI.get_record, disk) == ["HANDLE_INVALID", "VDI", disk]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import XenAPI
 
 from xenapi_driver import vhd
 from xenapi_driver.simulator import sr_backend
@@ -119,7 +120,7 @@ def test_snapshot_clone_destroy_and_scan_gc(xapi, local_sr, sr_dir):
     assert "vhd-parent" not in xapi.VDI.get_sm_config(vdi)
     assert vhd.info(str(sr_dir / f"{uuid}.vhd")).depth == 1
     for b in set(bases):
-        with pytest.raises(Exception):
+        with pytest.raises(XenAPI.Failure):
             xapi.VDI.get_record(b)
 
 
@@ -143,7 +144,7 @@ def test_scan_introduces_and_forgets_files(xapi, local_sr, sr_dir):
     assert xapi.VDI.get_location(ref) == foreign and xapi.VDI.get_SR(ref) == local_sr
     (sr_dir / f"{foreign}.vhd").unlink()
     xapi.SR.scan(local_sr)
-    with pytest.raises(Exception):
+    with pytest.raises(XenAPI.Failure):
         xapi.VDI.get_by_uuid(foreign)
 
 
@@ -151,8 +152,26 @@ def test_forget_and_introduce(xapi, local_sr):
     vdi = make_vdi(xapi, local_sr, name="keep")
     uuid = xapi.VDI.get_uuid(vdi)
     xapi.VDI.forget(vdi)
-    new = xapi.VDI.introduce(uuid, "back", "", local_sr, "user", False, False, {}, uuid, {}, {}, True, "0", "0",
-                             NULL, False, "19700101T00:00:00Z", NULL)  # fmt: skip
+    new = xapi.VDI.introduce(
+        uuid,
+        "back",
+        "",
+        local_sr,
+        "user",
+        False,
+        False,
+        {},
+        uuid,
+        {},
+        {},
+        True,
+        "0",
+        "0",
+        NULL,
+        False,
+        "19700101T00:00:00Z",
+        NULL,
+    )
     assert xapi.VDI.get_name_label(new) == "back" and int(xapi.VDI.get_virtual_size(new)) == 4 * MiB
 
 
@@ -198,7 +217,7 @@ def test_iscsi_sr_introduce_plug_scan(xapi, sim):
     )
     xapi.PBD.unplug(pbd)
     xapi.SR.forget(sr)
-    with pytest.raises(Exception):
+    with pytest.raises(XenAPI.Failure):
         xapi.VDI.get_record(vdis[0])
 
 
@@ -212,7 +231,7 @@ def test_iscsi_pbd_plug_fails_without_target(xapi, sim, failure):
             "SR": sr,
             "device_config": {"target": "127.0.0.1", "targetIQN": "iqn.none"},
             "other_config": {},
-        }  # fmt: skip
+        }
     )
     assert failure(xapi.PBD.plug, pbd)[0] == "SR_BACKEND_FAILURE_68"
 
