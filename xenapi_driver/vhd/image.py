@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 from array import array
 
@@ -43,7 +44,12 @@ def pwritev_all(fd: int, buffers: list, offset: int) -> None:
 
 
 def pread_exact(fd: int, length: int, offset: int, *, what: str, path: str) -> bytes:
-    data = os.pread(fd, length, offset)
+    if offset < 0 or length < 0 or offset + length > 1 << 62:
+        raise VHDFormatError(f"{path}: {what} offset {offset} is impossible", path=path)
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise VHDFormatError(f"{path}: cannot read {what}: {exc.strerror}", path=path) from None
     if len(data) != length:
         raise VHDFormatError(
             f"{path}: {what} is truncated (wanted {length} bytes at offset {offset}, got {len(data)})",
@@ -103,7 +109,11 @@ class VHDImage:
     # -- parsing -----------------------------------------------------------------
     def _load(self) -> None:
         path = self.path
-        size = os.fstat(self.fd).st_size
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise VHDError(f"{path}: is {kind}, not a VHD file", path=path)
+        size = st.st_size
         self.file_size = size
         if size < fmt.FOOTER_SIZE:
             raise VHDFormatError(

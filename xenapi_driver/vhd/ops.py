@@ -482,6 +482,8 @@ def repair(path: str) -> None:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
         raise VHDNotFoundError(f"{path}: no such VHD file", path=path) from None
+    except OSError as exc:
+        raise VHDError(f"{path}: cannot open for repair: {exc.strerror}", path=path) from None
     try:
         size = os.fstat(fd).st_size
         candidates = []
@@ -524,6 +526,12 @@ def repair(path: str) -> None:
                 entry = int.from_bytes(raw_bat[4 * i : 4 * i + 4], "big")
                 if entry != fmt.UNUSED:
                     end = max(end, entry * fmt.SECTOR_SIZE + bitmap + header.block_size)
+        if end > size + fmt.BLOCK_SIZE + 2 * fmt.FOOTER_SIZE:
+            raise VHDFormatError(
+                f"{path}: metadata points {end - size} bytes past the end of the file; "
+                "the BAT or locators are damaged, cannot repair safely",
+                path=path,
+            )
         footer.timestamp = min(footer.timestamp, fmt.vhd_now())
         raw = footer.pack()
         os.ftruncate(fd, end + fmt.FOOTER_SIZE)
