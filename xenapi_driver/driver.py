@@ -22,7 +22,9 @@ Rules this module follows, and why:
   threading mode, which makes ``import eventlet`` fail.
 """
 
+import nova.conf
 import nova.context
+import os_resource_classes as orc
 from oslo_log import log as logging
 
 from nova import objects
@@ -30,6 +32,7 @@ from nova.virt import driver
 from xenapi_driver import conf as _conf  # noqa: F401  (registers the [xenserver] options)
 from xenapi_driver import hostops, vmops
 
+CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
 
 
@@ -253,9 +256,45 @@ class XenAPIDriver(driver.ComputeDriver):
         return self.hostops.get_available_resource(nodename)
 
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
-        self.hostops.update_provider_tree(
-            provider_tree, nodename, allocations=allocations, traits=self.capabilities_as_traits()
-        )
+        stats = self.hostops.host_stats()
+        ratios = self._get_allocation_ratios(provider_tree.data(nodename).inventory)
+        inventory = {
+            orc.VCPU: {
+                "total": stats.vcpus,
+                "min_unit": 1,
+                "max_unit": stats.vcpus,
+                "step_size": 1,
+                "allocation_ratio": ratios[orc.VCPU],
+                "reserved": CONF.reserved_host_cpus,
+            },
+            orc.MEMORY_MB: {
+                "total": stats.memory_mb,
+                "min_unit": 1,
+                "max_unit": stats.memory_mb,
+                "step_size": 1,
+                "allocation_ratio": ratios[orc.MEMORY_MB],
+                # dom0's memory is never available to guests.
+                "reserved": CONF.reserved_host_memory_mb + stats.dom0_memory_mb,
+            },
+        }
+        if stats.disk_gb > 0:
+            inventory[orc.DISK_GB] = {
+                "total": stats.disk_gb,
+                "min_unit": 1,
+                "max_unit": stats.disk_gb,
+                "step_size": 1,
+                "allocation_ratio": ratios[orc.DISK_GB],
+                "reserved": self._get_reserved_host_disk_gb_from_config(),
+            }
+        provider_tree.update_inventory(nodename, inventory)
+
+        traits = set(provider_tree.data(nodename).traits)
+        for trait, supported in self.capabilities_as_traits().items():
+            if supported:
+                traits.add(trait)
+            else:
+                traits.discard(trait)
+        provider_tree.update_traits(nodename, traits)
 
     def get_host_uptime(self):
         return self.hostops.get_host_uptime()

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from nova import exception as nova_exception
+from nova.virt import hardware
+from xenapi_driver import vm_utils
+
 
 class VMOps:
     """Maps Nova instances to XAPI VMs and drives their lifecycle."""
@@ -97,14 +101,33 @@ class VMOps:
     def detach_interface(self, instance: Any, vif: Any) -> None:
         raise NotImplementedError()
 
-    def get_info(self, instance: Any) -> Any:
-        raise NotImplementedError()
+    # -- lookups: one XAPI call each, however many VMs the pool has ---------
+
+    def _host_instance_records(self) -> dict[str, dict[str, Any]]:
+        """Records of this host's instance VMs, in one ``get_all_records_where``."""
+        host_ref = self._session.host_ref
+        records = self._session.get_all_records_where("VM", vm_utils.guests_of_host_expr(host_ref))
+        return vm_utils.instance_vms_of_host(records, host_ref)
+
+    def lookup(self, instance: Any) -> tuple[str, dict[str, Any]] | None:
+        """``(ref, record)`` of the instance's VM, or None (one XAPI call)."""
+        records = self._session.get_all_records_where("VM", vm_utils.instance_by_name_expr(instance.name))
+        return vm_utils.pick_instance_vm(records, instance.uuid)
+
+    def get_info(self, instance: Any) -> hardware.InstanceInfo:
+        found = self.lookup(instance)
+        if found is None:
+            raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
+        ref, record = found
+        return hardware.InstanceInfo(
+            state=vm_utils.to_power_state(record["power_state"]), internal_id=record.get("uuid") or ref
+        )
 
     def list_instances(self) -> list[str]:
-        raise NotImplementedError()
+        return sorted(rec["name_label"] for rec in self._host_instance_records().values())
 
     def list_instance_uuids(self) -> list[str]:
-        raise NotImplementedError()
+        return sorted(vm_utils.nova_uuid(rec) for rec in self._host_instance_records().values())
 
     def get_diagnostics(self, instance: Any) -> Any:
         raise NotImplementedError()

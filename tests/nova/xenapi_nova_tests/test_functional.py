@@ -18,9 +18,8 @@ from nova.tests.functional import integrated_helpers
 
 from xenapi_nova_tests import (
     API_PASTE_INI,
-    SIMULATOR_MISSING,
-    simulator_available,
     tolerate_newer_dependencies,
+    xenapi_suite_skip_reason,
 )
 from xenapi_nova_tests.simulator_fixture import XenServerConfFixture, start_simulator
 
@@ -105,7 +104,7 @@ _XAPI_POWER_STATE = {
 }
 
 
-@unittest.skipUnless(simulator_available(), SIMULATOR_MISSING)
+@unittest.skipIf(xenapi_suite_skip_reason(), xenapi_suite_skip_reason())
 class XenAPIDriverServerLifecycleTest(_ServerLifecycle, integrated_helpers._IntegratedTestBase):
     """The same lifecycle on XenAPIDriver, checking XAPI after each step."""
 
