@@ -267,18 +267,18 @@ class LoopbackSSHServer:
         process = self._process
         if process is None:
             return
-        victims = self._descendants(process.pid) if process.poll() is None else []
-        orphans = [pid for pid in self._marked_processes() if pid not in victims and pid != process.pid]
-        self._signal_all([process.pid, *victims, *orphans], signal.SIGCONT)  # a frozen parent cannot reap
-        # Deepest first, each reaped by its still-living sshd parent before the
-        # parent goes: killing all at once would leave zombies under a PID 1
-        # that does not reap (as in many containers).
-        give_up = time.monotonic() + 3.0
-        for pid in [*orphans, *reversed(victims)]:
-            self._signal_all([pid], signal.SIGKILL)
-            while os.path.exists(f"/proc/{pid}") and time.monotonic() < give_up:
-                time.sleep(0.005)
-        self._signal_all([process.pid], signal.SIGKILL)
+        # Freeze first so no process can tear down gracefully (no exit status,
+        # no channel close reaches the client): a reboot is abrupt. Repeat
+        # until no process forked in between. Killed children of killed
+        # parents are reaped by PID 1.
+        victims: list[int] = []
+        for _ in range(10):
+            found = list(dict.fromkeys([process.pid, *self._all_pids()]))
+            self._signal_all(found, signal.SIGSTOP)
+            if set(found) == set(victims):
+                break
+            victims = found
+        self._signal_all(victims, signal.SIGKILL)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:

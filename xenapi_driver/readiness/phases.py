@@ -356,6 +356,10 @@ class HostReadiness:
         self.recorder.emit(phase, "running", f"{label} started")
         result = outcome.run(remote, deadline, timeout=script_timeout, stdin=body)
         output = {"stdout": result.stdout, "stderr": result.stderr}
+        if disconnect_ok and result.exit_status not in (None, 0) and self._goes_away(outcome, deadline):
+            # A reboot or halt often kills the script before sshd: the client
+            # sees 143/137, then the connection drops. That is the expected end.
+            result.disconnected, result.exit_status = True, None
         if result.exit_status == 0:
             done = self._finish(phase, "succeeded", f"{label} exited 0", exit_status=0)
         elif result.disconnected:
@@ -389,6 +393,16 @@ class HostReadiness:
         done.stdout, done.stderr = output["stdout"], output["stderr"]
         return done
 
+    @staticmethod
+    def _goes_away(conn: SSHConnection, deadline: Deadline, grace: float = 3.0) -> bool:
+        """True when ``conn`` dies within ``grace`` seconds (the host is going down)."""
+        watch = Deadline(deadline.bound(grace))
+        while not watch.expired:
+            if not conn.active:
+                return True
+            watch.sleep(0.05)
+        return not conn.active
+
     def wait_down(
         self,
         timeout: float = DEFAULT_HALT_TIMEOUT,
@@ -410,12 +424,13 @@ class HostReadiness:
             phase, "started", f"waiting up to {timeout:g}s for {self.name} to stop answering SSH"
         )
         while True:
-            banner = probe_banner(
+            verdict, why = probe_banner(
                 self.target.host, self.target.port, deadline, min(5.0, self.target.connect_timeout)
             )
-            if banner is None:
+            if verdict == "down":
                 break
-            self.recorder.transition(phase, "waiting-down", f"{self.name} still answers ({banner})")
+            if verdict == "up":
+                self.recorder.transition(phase, "waiting-down", f"{self.name} still answers ({why})")
             if deadline.remaining < 0.01:
                 return self._fail(
                     phase,
@@ -426,7 +441,7 @@ class HostReadiness:
         if settle > 0:
             self.recorder.emit(phase, "settling", f"{self.name} stopped answering; waiting {settle:g}s more")
             deadline.sleep(settle)
-        return self._finish(phase, "down", f"{self.name} no longer answers SSH")
+        return self._finish(phase, "down", f"{self.name} no longer answers SSH ({why})")
 
     def pre_snapshot(
         self,

@@ -151,6 +151,8 @@ class SSHConnection:
                     and not channel.recv_ready()
                     and not channel.recv_stderr_ready()
                 ):
+                    if channel.exit_status == -1:  # paramiko's "closed without an exit status"
+                        return CommandResult(None, _text(out), _text(err), disconnected=True)
                     return CommandResult(channel.exit_status, _text(out), _text(err))
                 if fired.is_set():
                     return CommandResult(None, _text(out), _text(err), timed_out=True)
@@ -242,24 +244,36 @@ def _close(transport: paramiko.Transport | None, sock: socket.socket) -> None:
         pass
 
 
-def probe_banner(host: str, port: int, deadline: Deadline, probe_timeout: float = 5.0) -> str | None:
-    """Return the SSH banner if ``host:port`` answers like an SSH server now, else None.
+def probe_banner(host: str, port: int, deadline: Deadline, probe_timeout: float = 5.0) -> tuple[str, str]:
+    """Look once whether ``host:port`` answers like an SSH server; no key exchange.
 
-    Cheap (no key exchange): used to see a host go down or begin to come up.
+    Returns ``(verdict, detail)``: ``up`` (banner received), ``down``
+    (refused, unreachable, closed, or silent for the whole ``probe_timeout``)
+    or ``unknown`` (the overall deadline cut the probe short). Used to see a
+    host go down after a halt.
     """
     budget = Deadline(deadline.bound(probe_timeout))
+    cut_short = budget.timeout < probe_timeout
     if budget.remaining <= 0:
-        return None
+        return "unknown", "no time left to probe"
+    data = b""
     try:
         with socket.create_connection((host, port), timeout=budget.remaining) as sock:
-            data = b""
             while b"\n" not in data and len(data) < 512 and not budget.expired:
                 sock.settimeout(max(budget.remaining, 0.001))
                 chunk = sock.recv(256)
                 if not chunk:
                     break
                 data += chunk
-    except OSError:
-        return None
+    except TimeoutError:
+        if cut_short:
+            return "unknown", "no answer before the deadline"
+        return "down", f"no SSH banner within {probe_timeout:g}s"
+    except OSError as exc:
+        return "down", _describe(exc)
     line = data.split(b"\n", 1)[0].strip()
-    return line.decode("ascii", "replace") if line.startswith(b"SSH-") else None
+    if line.startswith(b"SSH-"):
+        return "up", line.decode("ascii", "replace")
+    if not data:
+        return "down", "connection closed without a banner"
+    return "down", f"not an SSH server: {line[:60]!r}"
