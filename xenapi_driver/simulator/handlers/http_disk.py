@@ -166,6 +166,16 @@ class _Chunks:
         return len(data)
 
 
+def _fail_after_partial_read(request, body, error: XapiError) -> None:
+    """Drain what is left of the body and answer 500 ourselves, so the connection stays sane."""
+    try:
+        while body.read(1024 * 1024):
+            pass
+    except XapiError:
+        pass
+    request.respond(500, " ".join(error.details))
+
+
 @http_handler("PUT", "/import_raw_vdi")
 def import_raw_vdi(ctx, request) -> str | None:
     db = ctx.db
@@ -200,11 +210,10 @@ def import_raw_vdi(ctx, request) -> str | None:
                 vhd.import_vhd_stream(body, path)
             else:
                 vhd.import_raw(body, path)
-        except vhd.VHDError as exc:
-            raise XapiError(
-                "VDI_IO_ERROR" if "VDI_IO_ERROR" in storage._errors() else "INTERNAL_ERROR",
-                f"import of {fmt} into VDI failed: {exc}",
-            ) from None
+        except (vhd.VHDError, ValueError, OSError) as exc:
+            error = XapiError("VDI_IO_ERROR", f"import of {fmt} data into the VDI failed: {exc}")
+            _fail_after_partial_read(request, body, error)
+            raise error from None
         disk = backend.info(vdi["location"])
     storage.record_disk(db, vdi["SR"], disk)
     storage.refresh_sr(ctx.pool, vdi["SR"], ctx.world)
