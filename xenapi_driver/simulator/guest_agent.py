@@ -119,6 +119,8 @@ class AgentState:
     password: str | None = field(default=None, repr=False)
     passwords_set: int = 0
     resetnetwork_calls: int = 0
+    injected_files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    updates: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
 
 
@@ -195,6 +197,16 @@ class GuestAgents:
             return {"returncode": "0", "message": ""}
         if name == "resetnetwork":
             state.resetnetwork_calls += 1
+            return {"returncode": "0", "message": ""}
+        if name == "inject_file":
+            try:
+                path, _, contents = base64.b64decode(str(value), validate=True).partition(b",")
+            except ValueError:
+                return {"returncode": "500", "message": "inject_file: value is not base64"}
+            state.injected_files[path.decode("utf-8", "replace")] = contents
+            return {"returncode": "0", "message": ""}
+        if name == "agentupdate":
+            state.updates.append(str(value))
             return {"returncode": "0", "message": ""}
         return {"returncode": "404", "message": f"NOT IMPLEMENTED: {name}"}
 
