@@ -167,7 +167,7 @@ def pool_eject(ctx, host_ref: str) -> None:
                 link.unlink()
         local = host.sr_path(host.local_sr_uuid)
         if local.exists():
-            for entry in local.iterdir():
+            for entry in local.glob("*.vhd"):
                 entry.unlink()
     new_pool = SimPool(ctx.world, _next_index(ctx.world), pool.username, pool.password)
     with ctx.world._lock:
