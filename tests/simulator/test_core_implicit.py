@@ -87,8 +87,9 @@ def test_get_all_records_where(xapi, sim):
         '(field "is_a_template"="true" and field "is_control_domain"="false")'
     )
     assert [r["resident_on"] for r in either.values()] == [master]
-    # enums compare case-insensitively, like XAPI's lower-case database
-    assert len(xapi.VM.get_all_records_where('field "power_state"="running"')) == 3
+    # exact string comparison on the database form: enums as the datamodel spells them
+    assert len(xapi.VM.get_all_records_where('field "power_state"="Running"')) == 3
+    assert xapi.VM.get_all_records_where('field "power_state"="running"') == {}
     assert xapi.VM.get_all_records_where("false") == {}
     assert len(xapi.SR.get_all_records_where('field "type"="ext"')) == 3
     assert len(xapi.SR.get_all_records_where('field "shared" = "true" and field "content_type"="iso"')) == 1
@@ -99,3 +100,13 @@ def test_get_all_records_where_bad_expression(xapi, failure):
     assert details[0] == "INTERNAL_ERROR"
     assert "no_such_field" in details[1]
     assert failure(xapi.VM.get_all_records_where, 'field "name_label"=')[0] == "INTERNAL_ERROR"
+
+
+def test_where_precedence_is_xapis(xapi):
+    """``and``/``or`` share one precedence (left to right); ``not`` takes the rest."""
+    # (true or true) and false -> false  (C-like precedence would say true)
+    assert xapi.pool.get_all_records_where("true or true and false") == {}
+    # not (false and true) -> true  (C-like precedence would say false)
+    assert len(xapi.pool.get_all_records_where("not false and true")) == 1
+    assert xapi.pool.get_all_records_where("(not false) and false") == {}
+    assert len(xapi.pool.get_all_records_where('"a" = "a"')) == 1

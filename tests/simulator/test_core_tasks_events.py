@@ -111,7 +111,8 @@ def test_event_from_initial_snapshot_and_token(xapi, sim):
     assert ev["operation"] == "add" and ev["ref"] == sim.pool.ref
     assert ev["snapshot"]["master"] == sim.pool.master.ref
     assert set(ev) == {"id", "timestamp", "class", "operation", "ref", "snapshot"}
-    assert out["valid_ref_counts"] == {"pool": "1"}
+    assert out["valid_ref_counts"]["pool"] == "1"
+    assert out["valid_ref_counts"]["host"] == "3"
     token = out["token"]
     assert len(token) == 41 and token[20] == ","
     again = xapi.event_from(["pool"], token, 0.0)
@@ -155,11 +156,39 @@ def test_event_from_timeout_returns_empty(xapi):
     token = xapi.event_from(["VM_appliance"], "", 0.0)["token"]
     out = xapi.event_from(["vm_appliance"], token, 0.2)
     assert out["events"] == []
-    assert out["valid_ref_counts"] == {"vm_appliance": "0"}
+    assert out["valid_ref_counts"]["vm_appliance"] == "0"
 
 
 def test_event_from_bad_token(xapi, failure):
     assert failure(xapi.event_from, ["vm"], "garbage", 0.0) == ["EVENT_FROM_TOKEN_PARSE_FAILURE", "garbage"]
+    assert failure(xapi.event_from, ["vm"], "12", 0.0) == ["EVENT_FROM_TOKEN_PARSE_FAILURE", "12"]
+
+
+def test_event_from_unknown_class_matches_nothing(xapi):
+    token = xapi.event_from(["no_such_class"], "", 0.0)
+    assert token["events"] == []
+
+
+def test_event_from_ends_with_session_invalid_on_restart(sim):
+    import XenAPI
+
+    s = XenAPI.Session(sim.url)
+    s.xenapi.login_with_password(sim.username, sim.password, "1.0", "event-waiter")
+    proxy = xmlrpc.client.ServerProxy(sim.url)
+    ref = s._session
+    token = proxy.event_from(ref, ["vm_appliance"], "", 0.0)["Value"]["token"]
+    out = {}
+
+    def waiter():
+        out["r"] = proxy.event_from(ref, ["vm_appliance"], token, 30.0)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)
+    sim.restart_toolstack()
+    t.join(20)
+    assert not t.is_alive()
+    assert out["r"]["ErrorDescription"] == ["SESSION_INVALID", ref]
 
 
 def test_xapi_error_class_is_exported():

@@ -191,6 +191,9 @@ class Database:
             self._deleted.append((self.generation, cls, ref, created))
             self.changed.notify_all()
 
+    def count(self, cls: str) -> int:
+        return len(self._table(cls))
+
     def all(self, cls: str) -> list[str]:
         with self.lock:
             return list(self._table(cls))

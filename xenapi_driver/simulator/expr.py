@@ -1,16 +1,19 @@
 """XAPI's query language for ``get_all_records_where``.
 
-Why: clients (the old Nova driver, XenCenter, our driver) filter on the
-server with expressions such as ``field "is_a_template"="false" and not
-field "is_control_domain"="true"``.  Grammar (XAPI's ``Db_filter``)::
+Why: clients filter on the server with expressions such as
+``field "is_a_template"="false" and field "is_control_domain"="false"``;
+the simulator must accept exactly what XAPI's ``Db_filter`` accepts and
+give the same answers, surprises included:
 
-    expr  := term ("or" term)*
-    term  := unary ("and" unary)*
-    unary := "not" unary | "(" expr ")" | "true" | "false" | value "=" value | value "<>" value
-    value := 'field' STRING | STRING
-
-Comparisons are on the string form XAPI stores: booleans ``true``/``false``,
-numbers in decimal, enums case-insensitively.
+* values are ``"literal"`` or ``field "name"``; strings have no escapes;
+  the only comparison is ``=`` (exact, case-sensitive string equality on
+  the database form: ``true``/``false``, decimal numbers, enum values as
+  the datamodel spells them, e.g. ``Running``);
+* ``and`` and ``or`` have the *same* precedence and group left to right:
+  ``a or b and c`` is ``(a or b) and c``;
+* ``not`` binds more loosely than both: ``not a and b`` is
+  ``not (a and b)`` -- use parentheses;
+* ``true``, ``false`` and parentheses.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from collections.abc import Callable
 
 from .errors import XapiError
 
-_TOKEN = re.compile(r'\s*(?:(\()|(\))|(<>|=)|"((?:[^"\\]|\\.)*)"|([A-Za-z_][A-Za-z0-9_]*))')
-
 Predicate = Callable[[dict], bool]
+Value = Callable[[dict], str]
+
+_TOKEN = re.compile(r'\s*(?:(\()|(\))|(=)|"([^"]*)"|(field|and|or|not|true|false))')
 
 
 def _fail(expr: str, why: str) -> XapiError:
@@ -32,28 +36,28 @@ def _fail(expr: str, why: str) -> XapiError:
 def _tokens(expr: str) -> list[tuple[str, str]]:
     out = []
     pos = 0
-    text = expr.rstrip()
+    text = expr.rstrip(" \t\n")
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise _fail(expr, f"unexpected text at {pos}: {text[pos : pos + 20]!r}")
         pos = m.end()
-        lp, rp, op, string, word = m.groups()
+        lp, rp, eq, string, word = m.groups()
         if lp:
             out.append(("(", lp))
         elif rp:
             out.append((")", rp))
-        elif op:
-            out.append(("op", op))
+        elif eq:
+            out.append(("=", eq))
         elif string is not None:
-            out.append(("str", re.sub(r"\\(.)", r"\1", string)))
+            out.append(("str", string))
         else:
-            out.append(("word", word.lower()))
+            out.append((word, word))
     return out
 
 
 def as_text(value: object) -> str:
-    """The string XAPI's database would hold for a scalar value."""
+    """The string XAPI's database holds for a value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -65,97 +69,75 @@ def as_text(value: object) -> str:
     return str(value)
 
 
-def compile_where(expr: str, fields: dict[str, str] | None = None) -> Predicate:
+def compile_where(expr: str, fields: dict[str, str] | set[str] | None = None) -> Predicate:
     """Compile ``expr`` into a predicate over a record dict.
 
-    ``fields`` maps the class's field names to their type kind (``enum``,
-    ``string`` ...): a typo fails loudly instead of silently matching
-    nothing, and enum fields compare case-insensitively as in XAPI.
+    ``fields`` (the class's field names) makes a misspelt field fail loudly
+    instead of silently matching nothing.
     """
     toks = _tokens(expr)
     pos = 0
 
-    def peek() -> tuple[str, str] | None:
-        return toks[pos] if pos < len(toks) else None
+    def peek() -> str | None:
+        return toks[pos][0] if pos < len(toks) else None
 
-    def take() -> tuple[str, str]:
+    def take(kind: str | None = None) -> tuple[str, str]:
         nonlocal pos
         if pos >= len(toks):
             raise _fail(expr, "unexpected end")
         tok = toks[pos]
+        if kind is not None and tok[0] != kind:
+            raise _fail(expr, f"expected {kind!r}, got {tok[1]!r}")
         pos += 1
         return tok
 
-    def value() -> tuple[Callable[[dict], str], bool]:
+    def value() -> Value:
         kind, text = take()
-        if kind == "word" and text == "field":
-            k2, name = take()
-            if k2 != "str":
-                raise _fail(expr, "expected a quoted field name after 'field'")
+        if kind == "field":
+            _, name = take("str")
             if fields is not None and name not in fields:
                 raise _fail(expr, f"unknown field {name!r}")
-            is_enum = fields is not None and fields[name] == "enum"
-            return (lambda rec: as_text(rec.get(name, ""))), is_enum
+            return lambda rec: as_text(rec.get(name, ""))
         if kind == "str":
-            return (lambda rec: text), False
+            return lambda rec: text
         raise _fail(expr, f"expected 'field \"name\"' or a quoted string, got {text!r}")
 
-    def unary() -> Predicate:
-        tok = peek()
-        if tok is None:
-            raise _fail(expr, "unexpected end")
-        if tok == ("word", "not"):
+    def operand() -> Predicate:
+        kind = peek()
+        if kind == "not":
             take()
-            inner = unary()
+            inner = chain()  # not takes everything up to ')' or the end
             return lambda rec: not inner(rec)
-        if tok[0] == "(":
+        if kind == "(":
             take()
-            inner = disj()
-            if take()[0] != ")":
-                raise _fail(expr, "missing ')'")
+            inner = chain()
+            take(")")
             return inner
-        if tok == ("word", "true"):
+        if kind == "true":
             take()
             return lambda rec: True
-        if tok == ("word", "false"):
+        if kind == "false":
             take()
             return lambda rec: False
-        left, lenum = value()
-        kind, op = take()
-        if kind != "op":
-            raise _fail(expr, f"expected '=' or '<>', got {op!r}")
-        right, renum = value()
-        if lenum or renum:
+        left = value()
+        take("=")
+        right = value()
+        return lambda rec: left(rec) == right(rec)
 
-            def eq(rec: dict) -> bool:
-                return left(rec).lower() == right(rec).lower()
-
-        else:
-
-            def eq(rec: dict) -> bool:
-                return left(rec) == right(rec)
-
-        if op == "=":
-            return eq
-        return lambda rec: not eq(rec)
-
-    def conj() -> Predicate:
-        parts = [unary()]
-        while peek() == ("word", "and"):
-            take()
-            parts.append(unary())
-        return parts[0] if len(parts) == 1 else (lambda rec: all(p(rec) for p in parts))
-
-    def disj() -> Predicate:
-        parts = [conj()]
-        while peek() == ("word", "or"):
-            take()
-            parts.append(conj())
-        return parts[0] if len(parts) == 1 else (lambda rec: any(p(rec) for p in parts))
+    def chain() -> Predicate:
+        result = operand()
+        while peek() in ("and", "or"):
+            op = take()[0]
+            rhs = operand()
+            if op == "and":
+                result = (lambda a, b: lambda rec: a(rec) and b(rec))(result, rhs)
+            else:
+                result = (lambda a, b: lambda rec: a(rec) or b(rec))(result, rhs)
+        return result
 
     if not toks:
         raise _fail(expr, "empty expression")
-    pred = disj()
+    pred = chain()
     if pos != len(toks):
         raise _fail(expr, f"unexpected {toks[pos][1]!r}")
     return pred

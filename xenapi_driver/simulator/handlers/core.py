@@ -109,13 +109,17 @@ def task_set_error_info(ctx: CallContext, task: str, value: list) -> None:
 
 
 def _parse_token(token: str) -> int:
+    """XAPI's token is ``"<generation>,<message generation>"`` (or ``""``)."""
     if token == "":
         return 0
+    parts = token.split(",")
     try:
-        first = token.split(",")[0]
-        return int(first)
+        if len(parts) != 2:
+            raise ValueError(token)
+        first, _ = int(parts[0]), int(parts[1])
     except ValueError:
         raise XapiError("EVENT_FROM_TOKEN_PARSE_FAILURE", token) from None
+    return first
 
 
 def _subscription(ctx: CallContext, classes: list[str]) -> tuple[set[str] | None, set[tuple[str, str]]]:
@@ -123,18 +127,13 @@ def _subscription(ctx: CallContext, classes: list[str]) -> tuple[set[str] | None
     wanted: set[str] = set()
     objects: set[tuple[str, str]] = set()
     everything = False
-    for item in classes:
-        text = item.strip()
-        if not text:
-            raise XapiError("EVENT_SUBSCRIPTION_PARSE_FAILURE", item)
+    for text in classes:
         if text == "*":
             everything = True
             continue
         if "/" in text:
             cname, _, ref = text.partition("/")
             cls = schema.canonical_class(cname)
-            if not ref:
-                raise XapiError("EVENT_SUBSCRIPTION_PARSE_FAILURE", item)
             if cls is not None:
                 objects.add((cls, ref))
             continue
@@ -157,6 +156,7 @@ def _event(db, gen: int, op: str, cls: str, ref: str) -> dict:
 
 @message("event.from")
 def event_from(ctx: CallContext, classes: list, token: str, timeout: float) -> dict:
+    """Changes since ``token``: one event per object (add, mod or del), blocking up to ``timeout``."""
     since = _parse_token(token)
     wanted, objects = _subscription(ctx, classes)
     db = ctx.db
@@ -165,16 +165,18 @@ def event_from(ctx: CallContext, classes: list, token: str, timeout: float) -> d
         while True:
             changes, _lost = db.changes_since(since, wanted, objects)
             gen = db.generation
-            if changes or time.monotonic() >= deadline:
+            if changes or not db.wait_changed(gen, deadline):
+                if not changes:
+                    changes, _lost = db.changes_since(since, wanted, objects)
+                    gen = db.generation
                 break
-            if not db.wait_changed(gen, deadline):
-                changes, _lost = db.changes_since(since, wanted, objects)
-                gen = db.generation
-                break
+            # woken by a change: a logout or toolstack restart ends the wait, as in XAPI
+            if ctx.session and ctx.session not in ctx.pool.sessions.infos:
+                raise XapiError("SESSION_INVALID", ctx.session)
             ctx.check_cancelled()
         events = [_event(db, g, op, cls, ref) for g, op, cls, ref in changes]
-        counted = wanted if wanted is not None else set(db.schema.classes)
-        counts = {cls.lower(): len(db.all(cls)) for cls in sorted(counted)}
+        # XAPI counts the objects of every class, whatever the subscription
+        counts = {cls.lower(): db.count(cls) for cls in db.schema.classes}
         return {"events": events, "valid_ref_counts": counts, "token": _token(gen)}
 
 
@@ -188,8 +190,9 @@ def event_inject(ctx: CallContext, cls: str, ref: str) -> str:
     canonical = ctx.db.schema.canonical_class(cls)
     if canonical is None:
         raise XapiError("HANDLE_INVALID", cls, ref)
-    ctx.db.touch(canonical, ref)
-    return _token(ctx.db.generation)
+    with ctx.db.lock:
+        ctx.db.touch(canonical, ref)
+        return _token(ctx.db.generation - 1)
 
 
 def _session_info(ctx: CallContext) -> sessions.SessionInfo:
