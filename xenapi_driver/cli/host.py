@@ -153,7 +153,14 @@ def _add_script_options(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--script", help="local script file, uploaded and run in dom0 (its #! line applies)")
     what.add_argument("--command", dest="remote_command", help="remote shell command to run instead")
-    parser.add_argument("args", nargs="*", help="arguments for the script (put them after --)")
+    parser.add_argument(
+        "--arg",
+        dest="args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for the script or command (repeat for more; each is shell-quoted)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

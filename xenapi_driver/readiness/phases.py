@@ -45,6 +45,7 @@ DEFAULT_BACKOFF = 1.5
 DEFAULT_MAX_INTERVAL = 60.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_HALT_TIMEOUT = 300.0
+OUTPUT_TAIL = 4096  # characters of script output carried in the final event
 
 # Uploads the script on stdin to a private temporary file and runs it there,
 # so its own "#!" line picks the interpreter and it can read nothing else.
@@ -355,42 +356,48 @@ class HostReadiness:
         own_limit = script_timeout is not None and script_timeout < deadline.remaining
         self.recorder.emit(phase, "running", f"{label} started")
         result = outcome.run(remote, deadline, timeout=script_timeout, stdin=body)
-        output = {"stdout": result.stdout, "stderr": result.stderr}
         if disconnect_ok and result.exit_status not in (None, 0) and self._goes_away(outcome, deadline):
             # A reboot or halt often kills the script before sshd: the client
             # sees 143/137, then the connection drops. That is the expected end.
             result.disconnected, result.exit_status = True, None
+        error: ReadinessError | None = None
         if result.exit_status == 0:
-            done = self._finish(phase, "succeeded", f"{label} exited 0", exit_status=0)
+            state, detail = "succeeded", f"{label} exited 0"
         elif result.disconnected:
             self.close()
-            if disconnect_ok:
-                done = self._finish(
-                    phase, "disconnected", f"connection closed while {label} ran (expected: it reboots/halts)"
-                )
-            else:
+            state, detail = (
+                "disconnected",
+                f"connection closed while {label} ran (expected: it reboots/halts)",
+            )
+            if not disconnect_ok:
+                state = "failed"
                 error = ScriptFailed(
-                    f"connection to {self.name} lost while {label} ran; output: {_tail(result.stderr)}"
+                    f"connection to {self.name} lost while {label} ran: {_tail(result.stderr)}"
                 )
-                done = self._fail(phase, "failed", error)
         elif result.timed_out:
             self.close()
             if own_limit:
+                state = "failed"
                 error = ScriptFailed(f"{label} did not finish within its timeout of {script_timeout:g}s")
-                done = self._fail(phase, "failed", error)
             else:
-                done = self._fail(
-                    phase,
-                    "timeout",
-                    ReadinessTimeout(f"{label} still running at the overall timeout {timeout:g}s"),
-                )
+                state = "timeout"
+                error = ReadinessTimeout(f"{label} still running at the overall timeout {timeout:g}s")
         else:
+            state = "failed"
             error = ScriptFailed(
                 f"{label} exited with status {result.exit_status}: {_tail(result.stderr or result.stdout)}",
                 exit_status=result.exit_status,
             )
-            done = self._fail(phase, "failed", error, exit_status=result.exit_status)
-        done.stdout, done.stderr = output["stdout"], output["stderr"]
+        done = self._finish(
+            phase,
+            state,
+            str(error) if error else detail,
+            error,
+            exit_status=result.exit_status,
+            stdout_tail=result.stdout[-OUTPUT_TAIL:],
+            stderr_tail=result.stderr[-OUTPUT_TAIL:],
+        )
+        done.stdout, done.stderr = result.stdout, result.stderr
         return done
 
     @staticmethod
