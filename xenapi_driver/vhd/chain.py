@@ -16,6 +16,23 @@ from .image import VHDImage
 
 MAX_CHAIN_DEPTH = 256
 _ZEROS = bytes(fmt.BLOCK_SIZE)
+BUFFER_SIZE = fmt.BLOCK_SIZE + fmt.BITMAP_SIZE
+_POOL: list[bytearray] = []
+
+
+def take_buffer(size: int = BUFFER_SIZE) -> bytearray:
+    """A reusable scratch buffer (bytearray(n) zero-fills: too slow to do per block)."""
+    if size <= BUFFER_SIZE:
+        try:
+            return _POOL.pop()  # atomic under the GIL: threads never share a buffer
+        except IndexError:
+            return bytearray(BUFFER_SIZE)
+    return bytearray(size)
+
+
+def give_buffer(buf: bytearray) -> None:
+    if len(buf) == BUFFER_SIZE and len(_POOL) < 8:
+        _POOL.append(buf)
 
 
 def walk_chain(path: str, *, writable_leaf: bool = False, verify: bool = True, allow_missing: bool = False):
@@ -128,22 +145,35 @@ class Chain:
             yield None, want
 
     def _fill_block(self, block: int, lo: int, hi: int, out: memoryview) -> None:
-        """Fill ``out`` (hi - lo bytes) with bytes [lo, hi) of ``block``."""
+        """Fill ``out`` (hi - lo bytes) with bytes [lo, hi) of ``block``.
+
+        The common cases (the whole range held by one layer) cost one preadv.
+        """
         first = lo >> fmt.SECTOR_SHIFT
         last = (hi + fmt.SECTOR_SIZE - 1) >> fmt.SECTOR_SHIFT
-        want = ((1 << (last - first)) - 1) << first
-        for layer, take in self._block_sources(block, want):
-            runs = ((first, last),) if take == want else fmt.bit_runs(take)
-            for start, end in runs:
+        want = whole = ((1 << (last - first)) - 1) << first
+        for layer in self.layers:
+            bits = layer.block_bits(block)
+            if not bits:
+                continue
+            take = want & bits
+            if not take:
+                continue
+            base = layer.data_offset(block)
+            if take == whole:
+                if os.preadv(layer.fd, [out], base + lo) != hi - lo:
+                    raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
+                return
+            for start, end in fmt.bit_runs(take):
                 a = max(start << fmt.SECTOR_SHIFT, lo)
                 b = min(end << fmt.SECTOR_SHIFT, hi)
-                target = out[a - lo : b - lo]
-                if layer is None:
-                    target[:] = _ZEROS[: b - a]
-                    continue
-                got = os.preadv(layer.fd, [target], layer.data_offset(block) + a)
-                if got != b - a:
+                if os.preadv(layer.fd, [out[a - lo : b - lo]], base + a) != b - a:
                     raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
+            want &= ~take
+        for start, end in fmt.bit_runs(want):
+            a = max(start << fmt.SECTOR_SHIFT, lo)
+            b = min(end << fmt.SECTOR_SHIFT, hi)
+            out[a - lo : b - lo] = _ZEROS[: b - a]
 
     def readinto(self, offset: int, buffer) -> int:
         """Read len(buffer) bytes at ``offset`` into a writable buffer; returns the count."""
@@ -177,9 +207,14 @@ class Chain:
                 data = os.pread(layer.fd, length, layer.data_offset(block) + lo)
                 if len(data) == length:
                     return data
-        buf = bytearray(length)
-        self.readinto(offset, buf)
-        return bytes(buf)
+        # Assemble in a pooled buffer so the only fresh allocation is the result.
+        scratch = take_buffer(length)
+        try:
+            with memoryview(scratch)[:length] as view:
+                self.readinto(offset, view)
+                return bytes(view)
+        finally:
+            give_buffer(scratch)
 
     # -- writing -----------------------------------------------------------------
     def write(self, offset: int, data) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from . import format as fmt
-from .chain import open_chain
+from .chain import give_buffer, open_chain, take_buffer
 from .errors import VHDError, VHDFormatError
 from .ops import resize
 
@@ -110,16 +110,19 @@ def export_vhd_stream(path: str, out_fileobj, base_path: str | None = None) -> i
         )
         raw_footer = footer.pack()
         total = _write_all(out_fileobj, raw_footer + header.pack() + bat)
-        buf = bytearray(span)
-        buf[: fmt.BITMAP_SIZE] = _FULL_BITMAP
-        view = memoryview(buf)
-        for block in blocks:
-            start = block * bs
-            n = min(bs, size - start)
-            if n < bs:
-                view[fmt.BITMAP_SIZE :] = _ZERO_BLOCK
-            chain.readinto(start, view[fmt.BITMAP_SIZE : fmt.BITMAP_SIZE + n])
-            total += _write_all(out_fileobj, view)
+        buf = take_buffer(span)
+        try:
+            buf[: fmt.BITMAP_SIZE] = _FULL_BITMAP
+            with memoryview(buf) as view:
+                for block in blocks:
+                    start = block * bs
+                    n = min(bs, size - start)
+                    if n < bs:
+                        view[fmt.BITMAP_SIZE :] = _ZERO_BLOCK
+                    chain.readinto(start, view[fmt.BITMAP_SIZE : fmt.BITMAP_SIZE + n])
+                    total += _write_all(out_fileobj, view)
+        finally:
+            give_buffer(buf)
         total += _write_all(out_fileobj, raw_footer)
         flush = getattr(out_fileobj, "flush", None)
         if flush:
