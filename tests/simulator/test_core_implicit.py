@@ -110,3 +110,14 @@ def test_where_precedence_is_xapis(xapi):
     assert len(xapi.pool.get_all_records_where("not false and true")) == 1
     assert xapi.pool.get_all_records_where("(not false) and false") == {}
     assert len(xapi.pool.get_all_records_where('"a" = "a"')) == 1
+
+
+def test_messages(xapi, sim):
+    host_uuid = sim.pool.master.uuid
+    ref = xapi.message.create("TEST_ALERT", "3", "Host", host_uuid, "body text")
+    rec = xapi.message.get_record(ref)
+    assert (rec["name"], rec["priority"], rec["cls"], rec["body"]) == ("TEST_ALERT", "3", "Host", "body text")
+    assert ref in xapi.message.get_all_records_where('field "name"="TEST_ALERT"')
+    assert ref in xapi.message.get("Host", host_uuid, "19700101T00:00:00Z")
+    xapi.message.destroy(ref)
+    assert ref not in xapi.message.get_all()

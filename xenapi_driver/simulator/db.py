@@ -26,6 +26,7 @@ from .errors import XapiError
 from .schema import NULL_REF, Schema, load
 
 TOMBSTONES = 20000  # deleted objects remembered for event.from
+NO_EVENTS = frozenset({"session"})  # XAPI generates no events for these classes
 
 
 def new_ref() -> str:
@@ -99,7 +100,7 @@ class Database:
 
     # -- public API -------------------------------------------------------------
 
-    def create(self, cls: str, _ref: str | None = None, **fields: object) -> str:
+    def create(self, cls: str, /, _ref: str | None = None, **fields: object) -> str:
         """Create an object; unspecified fields take the schema's defaults.
 
         Returns the new reference.  ``uuid`` is generated unless given.
@@ -153,7 +154,7 @@ class Database:
     def set(self, cls: str, ref: str, field: str, value: object) -> None:
         self.update(cls, ref, **{field: value})
 
-    def update(self, cls: str, ref: str, **fields: object) -> None:
+    def update(self, cls: str, ref: str, /, **fields: object) -> None:
         """Change fields of one object and emit one ``mod`` event."""
         with self.lock:
             rec = self.get(cls, ref)
@@ -203,7 +204,7 @@ class Database:
         with self.lock:
             return list(self._table(cls).items())
 
-    def find(self, cls: str, **field_equals: object) -> list[str]:
+    def find(self, cls: str, /, **field_equals: object) -> list[str]:
         with self.lock:
             for name in field_equals:
                 self._check_field(cls, name)
@@ -244,7 +245,7 @@ class Database:
         wanted = classes if classes is not None else set(self._gens)
         if objects:
             wanted = wanted | {c for c, _ in objects}
-        for cls in wanted:
+        for cls in wanted - NO_EVENTS:
             gens = self._gens.get(cls)
             if not gens:
                 continue
@@ -255,7 +256,7 @@ class Database:
                     continue
                 out.append((modified, "add" if created > since else "mod", cls, ref))
         for gen, cls, ref, created in self._deleted:
-            if gen <= since or created > since:
+            if gen <= since or created > since or cls in NO_EVENTS:
                 continue
             if (classes is None or cls in classes) or (objects and (cls, ref) in objects):
                 out.append((gen, "del", cls, ref))

@@ -143,7 +143,8 @@ def execute(ctx: CallContext, msg: Message, args: list) -> object:
     handler = registry.lookup_message(msg.full_name)
     if handler is not None:
         return handler(ctx, *args)
-    if msg.implicit:
+    if msg.implicit or msg.name in implicit.GENERIC:
+        # explicit messages that are implicit ones in all but name (message.get_record ...)
         return implicit.run(ctx, msg, args)
     # explicit setters XAPI validates (VM.set_memory_static_max ...): plain set
     if msg.name.startswith("set_") and len(args) == 2:

@@ -20,6 +20,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .context import CallContext
 
 
+GENERIC = frozenset(
+    (
+        "get_record",
+        "get_all",
+        "get_all_records",
+        "get_all_records_where",
+        "get_by_uuid",
+        "get_by_name_label",
+        "destroy",
+    )
+)
+
+
 def snapshot(rec: dict) -> dict:
     """A copy of a record deep enough to serialise outside the lock."""
     return {k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in rec.items()}

@@ -326,6 +326,42 @@ def host_get_management_interface(ctx: CallContext, host: str) -> str:
     return NULL_REF
 
 
+# -- message (alerts) -------------------------------------------------------------------
+
+
+@message("message.create")
+def message_create(ctx: CallContext, name: str, priority: int, cls: str, obj_uuid: str, body: str) -> str:
+    return ctx.db.create(
+        "message", name=name, priority=priority, cls=cls, obj_uuid=obj_uuid, timestamp=now(), body=body
+    )
+
+
+def _messages_where(ctx: CallContext, pred) -> dict:
+    from ..implicit import all_records
+
+    return all_records(ctx, "message", pred)
+
+
+@message("message.get_since")
+def message_get_since(ctx: CallContext, since: object) -> dict:
+    return _messages_where(ctx, lambda rec: str(rec["timestamp"]) > str(since))
+
+
+@message("message.get")
+def message_get(ctx: CallContext, cls: str, obj_uuid: str, since: object) -> dict:
+    return _messages_where(
+        ctx,
+        lambda rec: rec["cls"] == cls and rec["obj_uuid"] == obj_uuid and str(rec["timestamp"]) > str(since),
+    )
+
+
+@message("message.destroy_many")
+def message_destroy_many(ctx: CallContext, messages: list) -> None:
+    with ctx.db.lock:
+        for ref in messages:
+            ctx.db.destroy("message", ref)
+
+
 # -- pool basics ---------------------------------------------------------------------------
 
 
