@@ -198,7 +198,9 @@ def start(
             https=https,
             address_mode=address_mode,
             timeout=timeout,
-        )
+            extra=["--port", str(port), "--host-memory-gib", str(max(1, host_memory // 1024**3)),
+                   "--host-cpus", str(host_cpus)],
+        )  # fmt: skip
     own = state_dir is None
     root = Path(tempfile.mkdtemp(prefix="xapi-sim-")) if own else Path(state_dir)
     world = World(
@@ -300,7 +302,9 @@ class RemoteSimulator:
         self.faults = _RemoteFaults(self)
 
     @classmethod
-    def spawn(cls, sizes: list[int], *, state_dir, username, password, https, address_mode, timeout):
+    def spawn(
+        cls, sizes: list[int], *, state_dir, username, password, https, address_mode, timeout, extra=()
+    ):
         own = None
         if state_dir is None:
             own = Path(tempfile.mkdtemp(prefix="xapi-sim-"))
@@ -312,6 +316,7 @@ class RemoteSimulator:
         ]  # fmt: skip
         if https:
             cmd.append("--https")
+        cmd.extend(extra)
         env = dict(os.environ, XAPI_SIM_PASSWORD=password)
         proc = _subprocess.Popen(cmd, stdout=_subprocess.PIPE, stdin=_subprocess.DEVNULL, env=env, text=True)
         line = _readline_with_timeout(proc, timeout)

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--address-mode", choices=("ip", "port"), default="ip")
     ap.add_argument("--port", type=int, default=0, help="port shared by all hosts (ip mode); 0 = pick one")
+    ap.add_argument("--host-memory-gib", type=int, default=64, help="memory of each host (GiB)")
+    ap.add_argument("--host-cpus", type=int, default=8, help="CPUs of each host")
     ap.add_argument("--json", action="store_true", help="print one JSON line (for programs) instead of text")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             https=args.https,
             address_mode=args.address_mode,
             port=args.port,
+            host_memory=args.host_memory_gib * 1024**3,
+            host_cpus=args.host_cpus,
         )
     except OSError as e:
         print(f"xenapi-simulator: cannot start: {e}", file=sys.stderr)

@@ -326,6 +326,11 @@ def reset_pool(pool: SimPool) -> None:
     from . import sessions
 
     with pool.lock:
+        for hook in registry.RESET_HOOKS:
+            try:
+                hook(pool)
+            except Exception:  # noqa: BLE001
+                LOG.exception("reset hook %s failed", hook)
         sessions.invalidate_all(pool)
         pool.db.clear()
         pool.iso_sr = ""

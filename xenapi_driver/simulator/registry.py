@@ -19,6 +19,9 @@ Handler signatures::
 
     @host_hook                      # called after each host is created
     def add_host_stuff(pool, host): ...
+
+    @reset_hook                     # called before a pool is wiped by Simulator.reset()
+    def forget_caches(pool): ...
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ MESSAGES: dict[str, Callable] = {}
 HTTP_HANDLERS: dict[tuple[str, str], HttpRoute] = {}
 POOL_HOOKS: list[Callable] = []
 HOST_HOOKS: list[Callable] = []
+RESET_HOOKS: list[Callable] = []
 
 
 @dataclass
@@ -85,6 +89,13 @@ def host_hook(func: Callable) -> Callable:
     """Run ``func(pool, host)`` after a host and its base objects are created."""
     if func not in HOST_HOOKS:
         HOST_HOOKS.append(func)
+    return func
+
+
+def reset_hook(func: Callable) -> Callable:
+    """Run ``func(pool)`` before ``reset()`` wipes a pool (drop per-pool caches and state)."""
+    if func not in RESET_HOOKS:
+        RESET_HOOKS.append(func)
     return func
 
 
