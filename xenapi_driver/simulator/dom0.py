@@ -552,6 +552,10 @@ class Dom0Sandbox:
                 "UseDNS no",
                 "MaxStartups 50",
                 "LogLevel VERBOSE",
+                # sshd runs commands through root's shell; bash sources ~/.bashrc for
+                # top-level ssh commands (SHLVL < 2). A dom0 sandbox must not depend on
+                # the machine's root profile (e.g. a pyenv init that can block on a lock).
+                "SetEnv SHLVL=1",
             ]
             if sftp:
                 lines.append(f"Subsystem sftp {sftp}")

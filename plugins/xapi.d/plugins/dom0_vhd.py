@@ -154,6 +154,17 @@ def vhd_util(*args):
     return dom0_utils.run_command(["vhd-util"] + [str(a) for a in args])[1]
 
 
+def _chain_tool(names, *args):
+    """vhd-util on the staged chain: its failures mean the received chain is bad."""
+    status, out, err = dom0_utils.run_command(["vhd-util"] + [str(a) for a in args], check=False)
+    if status != 0:
+        message = (err or out).strip()
+        for path, label in names:
+            message = message.replace(path, label)
+        fail("VHD_CHAIN_INVALID", "vhd-util %s failed: %s" % (args[0], message[-1000:]))
+    return out
+
+
 def collect_sequence(staging):
     """The ``<n>.vhd`` files of a staging directory as a list indexed by n; refuses gaps/strays."""
     found = {}
@@ -247,12 +258,13 @@ def import_chain(staging, sr_path, new_uuids=None, log=None):
             target = os.path.join(work, new_uuids[index] + ".vhd")
             os.link(path, target)
             named.append(target)
+        labels = [(named[n], "%d.vhd" % n) for n in range(count)] + [(work + "/", "")]
         for n in range(1, count):
             if not infos[n].hidden:
-                vhd_util("set", "-n", named[n], "-f", "hidden", "-v", "1")
+                _chain_tool(labels, "set", "-n", named[n], "-f", "hidden", "-v", "1")
         for n in range(count - 2, -1, -1):
-            vhd_util("modify", "-n", named[n], "-p", named[n + 1])
-        vhd_util("check", "-n", named[0], "-p")
+            _chain_tool(labels, "modify", "-n", named[n], "-p", named[n + 1])
+        _chain_tool(labels, "check", "-n", named[0], "-p")
         for path in reversed(named):
             target = os.path.join(sr_dir, os.path.basename(path))
             _place(path, target)
