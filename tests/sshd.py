@@ -73,12 +73,18 @@ class LoopbackSSHServer:
     :param key_type: ``ssh-keygen -t`` type for host and client keys.
     :param port: fixed port; a free one is chosen when omitted. The port is
         kept across :meth:`restart` so clients see "the same host" come back.
+    :param extra_host_key_types: more host key types the server also offers
+        (as real hosts offer several); :attr:`host_key_path` stays the main one.
     """
 
     host = "127.0.0.1"
 
     def __init__(
-        self, workdir: str | os.PathLike | None = None, key_type: str = "ed25519", port: int | None = None
+        self,
+        workdir: str | os.PathLike | None = None,
+        key_type: str = "ed25519",
+        port: int | None = None,
+        extra_host_key_types: tuple[str, ...] = (),
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="loopback-sshd-"))
@@ -97,16 +103,21 @@ class LoopbackSSHServer:
         self.pid_path = str(self.workdir / "sshd.pid")
         self._keygen(self.client_key_path)
         shutil.copyfile(self.client_key_path + ".pub", self.authorized_keys_path)
+        self.extra_host_key_paths = {
+            kind: str(self.workdir / f"ssh_host_{kind}_key") for kind in extra_host_key_types
+        }
         self._keygen(self.host_key_path)
+        for kind, path in self.extra_host_key_paths.items():
+            self._keygen(path, kind)
         self._write_config()
 
     # ----------------------------------------------------------------- keys
-    def _keygen(self, path: str) -> None:
+    def _keygen(self, path: str, key_type: str | None = None) -> None:
         for stale in (path, path + ".pub"):
             if os.path.exists(stale):
                 os.unlink(stale)
         subprocess.run(
-            [SSH_KEYGEN, "-q", "-t", self.key_type, "-N", "", "-C", "loopback-sshd", "-f", path],
+            [SSH_KEYGEN, "-q", "-t", key_type or self.key_type, "-N", "", "-C", "loopback-sshd", "-f", path],
             check=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -125,6 +136,8 @@ class LoopbackSSHServer:
         if running:
             self.stop()
         self._keygen(self.host_key_path)
+        for kind, path in self.extra_host_key_paths.items():
+            self._keygen(path, kind)
         if running:
             self.start()
 
@@ -165,6 +178,7 @@ class LoopbackSSHServer:
             f"Port {self._port}",
             f"ListenAddress {self.host}",
             f"HostKey {self.host_key_path}",
+            *(f"HostKey {path}" for path in self.extra_host_key_paths.values()),
             f"PidFile {self.pid_path}",
             f"AuthorizedKeysFile {self.authorized_keys_path}",
             "PermitRootLogin prohibit-password",

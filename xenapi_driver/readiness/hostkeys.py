@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from xenapi_driver.readiness.errors import HostKeyMismatch, UsageError
 
@@ -78,11 +79,39 @@ class HostKeyVerifier:
         self._pinned: dict[str, paramiko.PKey] = {}
         self._lock = threading.Lock()
         self._file_keys = paramiko.HostKeys()
+        self._revoked: set[bytes] = set()
         if self.known_hosts and os.path.exists(self.known_hosts):
+            self._load(self.known_hosts)
+
+    def _load(self, path: str) -> None:
+        """Read known_hosts as OpenSSH does: plain and hashed names, ``@revoked``
+        honoured, ``@cert-authority`` and unparsable lines skipped (paramiko's
+        own loader gives up on the whole file at the first marker)."""
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read known_hosts file {path}: {exc.strerror or exc}") from exc
+        for line in lines:
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if text.startswith("@"):
+                fields = text.split()
+                if fields[0] == "@revoked" and len(fields) >= 4:
+                    try:
+                        self._revoked.add(base64.b64decode(fields[3]))
+                    except ValueError:
+                        pass
+                continue
             try:
-                self._file_keys.load(self.known_hosts)
-            except (OSError, paramiko.SSHException, ValueError) as exc:
-                raise UsageError(f"cannot read known_hosts file {self.known_hosts}: {exc}") from exc
+                entry = HostKeyEntry.from_line(text)
+            except (InvalidHostKey, paramiko.SSHException, ValueError):
+                entry = None
+            if entry is None or entry.key is None:
+                continue
+            for hostname in entry.hostnames:
+                self._file_keys.add(hostname, entry.key.get_name(), entry.key)
 
     def expected_keys(self, host: str, port: int) -> list[paramiko.PKey]:
         """Keys currently trusted for ``host:port`` (pinned first, then known_hosts)."""
@@ -109,6 +138,13 @@ class HostKeyVerifier:
         """Accept ``key`` for ``host:port`` or raise :class:`HostKeyMismatch`."""
         name = known_hosts_name(host, port)
         actual = fingerprint(key)
+        if key.asbytes() in self._revoked:
+            raise HostKeyMismatch(
+                f"host key {actual} presented by {name} is marked @revoked in {self.known_hosts}",
+                name=name,
+                expected=None,
+                actual=actual,
+            )
         expected = self.expected_keys(host, port)
         if any(k.get_name() == key.get_name() and k.asbytes() == key.asbytes() for k in expected):
             with self._lock:
