@@ -431,3 +431,43 @@ def test_raw_round_trip(sr):
     assert vhd.info(sr / "zero.vhd").physical_size < MiB
     with pytest.raises(vhd.VHDError, match="larger"):
         vhd.import_raw(io.BytesIO(bytes(size + 1)), sr / "zero.vhd")
+
+
+def test_snapshot_through_a_symlinked_sr_directory(sr, tmp_path):
+    """Simulator sandboxes see shared SRs through a symlink: both spellings are one directory."""
+    link = tmp_path / "sr-link"
+    link.symlink_to(sr)
+    vhd.create_dynamic(sr / "base.vhd", 2 * MiB)
+    info = vhd.snapshot(link / "leaf.vhd", sr / "base.vhd")
+    assert info.parent_path == str(link / "base.vhd")
+    vhd.check(link / "leaf.vhd", walk_parents=True)
+
+
+def test_stream_import_from_a_socket_like_source_without_eof(sr):
+    """The importer stops after the trailing footer; it must not wait for end-of-stream."""
+    vhd.create_dynamic(sr / "src.vhd", 4 * MiB)
+    with vhd.open_chain(sr / "src.vhd") as chain:
+        chain.write(MiB, b"k" * 4096)
+    out = io.BytesIO()
+    vhd.export_vhd_stream(sr / "src.vhd", out)
+    data = out.getvalue()
+
+    class NoEOF(io.RawIOBase):
+        def __init__(self):
+            self.pos = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            if self.pos >= len(data):
+                raise AssertionError("read past the end of the stream: would block on a socket")
+            n = min(len(b), len(data) - self.pos)
+            b[:n] = data[self.pos : self.pos + n]
+            self.pos += n
+            return n
+
+    vhd.create_dynamic(sr / "dst.vhd", 4 * MiB)
+    vhd.import_vhd_stream(NoEOF(), sr / "dst.vhd")
+    with vhd.open_chain(sr / "dst.vhd") as chain:
+        assert chain.read(MiB, 4096) == b"k" * 4096

@@ -58,13 +58,21 @@ def pread_exact(fd: int, length: int, offset: int, *, what: str, path: str) -> b
     return data
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _check_name_inside(text: str, child_dir: str, what: str, path: str) -> str:
     """Turn a locator's path into a bare file name in the child's directory, or refuse."""
     if text.startswith("file://"):
         text = text[len("file://") :]
     text = text.replace("\\", "/")
     if text.startswith("/"):
-        if os.path.dirname(os.path.normpath(text)) != os.path.normpath(child_dir):
+        parent_dir = os.path.dirname(os.path.normpath(text))
+        if parent_dir != os.path.normpath(child_dir) and not _same_file(parent_dir, child_dir):
             raise VHDChainError(
                 f"{path}: {what} points to {text!r}, outside the VHD's directory {child_dir}; "
                 "parents must live in the same SR directory",

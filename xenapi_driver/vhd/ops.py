@@ -52,9 +52,18 @@ def _locators(name: str, offset: int) -> tuple[list[fmt.Locator], list[tuple[int
     return locs, blobs
 
 
+def _same_directory(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _same_dir_parent(child: str, parent: str) -> str:
     parent = os.path.abspath(parent)
-    if os.path.dirname(parent) != os.path.dirname(os.path.abspath(child)):
+    parent_dir = os.path.dirname(parent)
+    child_dir = os.path.dirname(os.path.abspath(child))
+    if parent_dir != child_dir and not _same_directory(parent_dir, child_dir):
         raise VHDChainError(
             f"parent {parent} must be in the same directory (SR) as {child}: blktap's locators are relative",
             path=child,

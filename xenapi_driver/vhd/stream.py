@@ -57,9 +57,18 @@ def _skip(src, length: int, *, what: str) -> None:
         length -= n
 
 
-def _check_trailer(src) -> None:
-    """Read to the end of the stream; its last 512 bytes must be a valid footer."""
-    tail = b""
+def _check_trailer(src, pos: int, expected: int) -> None:
+    """The footer normally sits right after the data; otherwise the stream's last 512 bytes."""
+    if expected >= pos:
+        _skip(src, expected - pos, what="gap before the footer")
+        tail = bytes(_read_exact(src, fmt.FOOTER_SIZE, what="trailing footer"))
+        try:
+            fmt.Footer.unpack(tail, what="stream trailing footer")
+            return
+        except VHDFormatError:
+            pass  # extra structures (e.g. a batmap) before the footer: read to the end
+    else:
+        tail = b""
     while True:
         chunk = src.read(fmt.BLOCK_SIZE)
         if not chunk:
@@ -198,7 +207,8 @@ def import_vhd_stream(in_fileobj, path: str) -> int:
                 lo = bitmap_size + first * fmt.SECTOR_SIZE
                 chain.write(a, data[lo : lo + b - a])
                 written += b - a
-        _check_trailer(in_fileobj)
+        bat_end = header.table_offset + fmt.round_up(4 * entries, fmt.SECTOR_SIZE)
+        _check_trailer(in_fileobj, pos, max(pos, bat_end))
         chain.flush()
     finally:
         chain.close()
