@@ -65,8 +65,8 @@ class XenAPIDriver(driver.ComputeDriver):
 
         session = XenAPISession.from_conf()
         self._session = session
-        self._vmops = vmops.VMOps(session, self.virtapi)
         self._hostops = hostops.HostOps(session)
+        self._vmops = vmops.VMOps(session, self.virtapi, hostops=self._hostops)
 
     @property
     def vmops(self) -> vmops.VMOps:

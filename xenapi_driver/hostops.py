@@ -97,6 +97,7 @@ class HostOps:
         self._session = session
         self._nodename: str | None = None
         self._warned_sr: str | None = None
+        self._sr_ref: str | None = None
 
     # -- start-up ---------------------------------------------------------
 
@@ -187,6 +188,13 @@ class HostOps:
             )
         return None
 
+    def instance_sr(self) -> str | None:
+        """The SR new instance disks go to (chosen once, then remembered)."""
+        if self._sr_ref is None:
+            chosen = self._choose_sr()
+            self._sr_ref = chosen[0] if chosen else None
+        return self._sr_ref
+
     def _dom0_memory(self, host_rec: dict[str, Any]) -> int:
         dom0 = host_rec.get("control_domain") or vm_utils.NULL_REF
         if dom0 != vm_utils.NULL_REF:
@@ -216,6 +224,7 @@ class HostOps:
             disk_gb = int(sr_rec.get("physical_size") or 0) // GiB
             disk_used_gb = -(-int(sr_rec.get("physical_utilisation") or 0) // GiB)
         self._nodename = host_rec.get("hostname") or host_rec["name_label"]
+        self._sr_ref = sr_ref  # the periodic update keeps spawn's choice current
         return HostStats(
             nodename=self._nodename,
             vcpus=vcpus,

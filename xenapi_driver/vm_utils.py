@@ -6,8 +6,8 @@ by VMOps, HostOps and the power-state event watcher.
 
 * An instance's VM carries ``other_config['nova_uuid'] = instance.uuid`` and
   the name label ``instance.name`` (Nova's stable ``instance_name_template``).
-  The name label lets one server-side query find it (XAPI's query language
-  cannot look inside maps); the UUID proves the VM really is that instance.
+  The name label finds it (``VM.get_by_name_label``; XAPI cannot search
+  inside maps); the UUID proves the VM really is that instance.
 * A rescue VM carries ``other_config['nova_rescue'] = "true"`` as well and is
   named ``<instance.name>-rescue``; it is never reported as an instance.
 * A VM counts as this compute's when it is resident on the managed host, or
@@ -50,14 +50,6 @@ def quote(value: str) -> str:
 def guests_of_host_expr(host_ref: str) -> str:
     """``get_all_records_where`` expression for the guest VMs of ``host_ref``."""
     return _GUESTS_OF_HOST.format(host=quote(host_ref))
-
-
-def instance_by_name_expr(name_label: str) -> str:
-    """``get_all_records_where`` expression for non-template VMs named ``name_label``.
-
-    ``name__label`` is how XAPI's database names the ``name_label`` field.
-    """
-    return f'field "name__label" = "{quote(name_label)}" and field "is_a_template" = "false"'
 
 
 def to_power_state(xapi_state: str) -> int:

@@ -61,3 +61,28 @@ def xapi(sim: Any) -> Any:
     session = XenAPI.Session(sim.url)
     session.xenapi.login_with_password(sim.username, sim.password, "1.0", "xenapi-driver-tests")
     return session
+
+
+class BlankImageSource:
+    """Stands in for the image layer (a later issue): a blank root VDI made with real XAPI calls."""
+
+    def __init__(self, session: Any, size: int = GiB) -> None:
+        self.session = session
+        self.size = size
+        self.made: list[str] = []
+
+    def root_vdi(self, context: Any, instance: Any, image_meta: Any, sr_ref: str) -> str:
+        vdi = self.session.call_xenapi(
+            "VDI.create",
+            {
+                "name_label": f"image for {instance.name}",
+                "SR": sr_ref,
+                "virtual_size": str(self.size),
+                "type": "user",
+                "sharable": False,
+                "read_only": False,
+                "other_config": {},
+            },
+        )
+        self.made.append(vdi)
+        return vdi

@@ -57,13 +57,12 @@ def test_list_instances_is_one_call_at_any_scale(driver: XenAPIDriver, sim: Any,
     assert calls == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulator rejects XAPI's database field name name__label in get_all_records_where",
-)
 def test_get_info_maps_power_states_in_one_call(driver: XenAPIDriver, sim: Any, managed_host: Any) -> None:
     inst = make_instance(host="compute-1")
     ref = seed_vm(sim, inst, host=managed_host)
+    # First sight: found by its name label (2 calls), then remembered.
+    _, calls = _calls(sim, lambda: driver.get_info(inst))
+    assert calls == 2
     session = xapi(sim)
     try:
         expected = [
@@ -82,13 +81,30 @@ def test_get_info_maps_power_states_in_one_call(driver: XenAPIDriver, sim: Any, 
         session.xenapi.session.logout()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulator rejects XAPI's database field name name__label in get_all_records_where",
-)
 def test_get_info_unknown_instance(driver: XenAPIDriver, sim: Any, managed_host: Any) -> None:
     inst = make_instance()
     # A VM with the instance's name that belongs to another instance is not it.
     seed_vm(sim, None, host=managed_host, name=inst.name, nova_uuid="someone-else")
     with pytest.raises(nova_exception.InstanceNotFound):
         driver.get_info(inst)
+
+
+def test_get_info_after_list_is_one_call(driver: XenAPIDriver, sim: Any, managed_host: Any) -> None:
+    instances = [make_instance() for _ in range(20)]
+    for inst in instances:
+        seed_vm(sim, inst, host=managed_host, resident=True, power_state="Running")
+    driver.list_instances()  # what Nova's periodic sync does first
+    for inst in instances:
+        info, calls = _calls(sim, lambda inst=inst: driver.get_info(inst))
+        assert (info.state, calls) == (power_state.RUNNING, 1)
+
+
+def test_stale_cached_ref_is_not_trusted(driver: XenAPIDriver, sim: Any, managed_host: Any) -> None:
+    inst = make_instance()
+    ref = seed_vm(sim, inst, host=managed_host, resident=True, power_state="Running")
+    driver.get_info(inst)
+    sim.pools[0].db.destroy("VM", ref)
+    with pytest.raises(nova_exception.InstanceNotFound):
+        driver.get_info(inst)
+    seed_vm(sim, inst, host=managed_host)  # recreated under a new ref
+    assert driver.get_info(inst).state == power_state.SHUTDOWN
