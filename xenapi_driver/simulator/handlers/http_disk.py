@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from xenapi_driver import vhd
+from xenapi_driver.simulator import tasks
 from xenapi_driver.simulator.errors import XapiError
 from xenapi_driver.simulator.handlers import storage
 from xenapi_driver.simulator.registry import http_handler
@@ -112,6 +113,8 @@ def export_raw_vdi(ctx, request) -> None:
                 vhd.export_vhd_stream(str(path), request.wfile, str(base_path) if base_path else None)
         else:
             raise XapiError("VDI_INCOMPATIBLE_TYPE", vdi_ref, "format=vhd needs a VHD-backed VDI")
+    if ctx.task:
+        tasks.succeed(db, ctx.task, None)
     request.wfile.flush()
     return None
 
@@ -166,13 +169,18 @@ class _Chunks:
         return len(data)
 
 
-def _fail_after_partial_read(request, body, error: XapiError) -> None:
-    """Drain what is left of the body and answer 500 ourselves, so the connection stays sane."""
+def _fail_after_partial_read(ctx, request, body, error: XapiError) -> None:
+    """Drain what is left of the body and answer 500 ourselves, so the connection stays sane.
+
+    The task fails first: a client that sees the response must find the task finished.
+    """
     try:
         while body.read(1024 * 1024):
             pass
     except XapiError:
         pass
+    if ctx.task:
+        tasks.fail(ctx.db, ctx.task, error.details)
     request.respond(500, " ".join(error.details))
 
 
@@ -212,10 +220,12 @@ def import_raw_vdi(ctx, request) -> str | None:
                 vhd.import_raw(body, path)
         except (vhd.VHDError, ValueError, OSError) as exc:
             error = XapiError("VDI_IO_ERROR", f"import of {fmt} data into the VDI failed: {exc}")
-            _fail_after_partial_read(request, body, error)
+            _fail_after_partial_read(ctx, request, body, error)
             raise error from None
         disk = backend.info(vdi["location"])
     storage.record_disk(db, vdi["SR"], disk)
     storage.refresh_sr(ctx.pool, vdi["SR"], ctx.world)
+    if ctx.task:  # finished before the client sees the response, as XAPI does
+        tasks.succeed(db, ctx.task, vdi_ref)
     request.respond(200, b"", headers={"task-id": ctx.task} if ctx.task else None)
     return vdi_ref
