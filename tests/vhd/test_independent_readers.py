@@ -167,3 +167,47 @@ def test_libvhdi_reads_imported_differential_stream(sr):
     assert pyvhdi_read_chain([sr / "target.vhd"]) == bytes(base_model.data)
     vhd.import_vhd_stream(io.BytesIO(delta.getvalue()), sr / "target.vhd")
     assert pyvhdi_read_chain([sr / "target.vhd"]) == bytes(model.data)
+
+
+@needs_qemu
+@pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
+def test_we_read_what_qemu_img_writes(sr, tmp_path, subformat):
+    """The other direction: a VHD written by qemu-img reads back byte for byte, and can be a parent."""
+    size = 6 * MiB
+    rng = random.Random(31)
+    model = Model(size)
+    for _ in range(6):
+        off = rng.randrange(0, size - 300_000)
+        model.write(off, rng.randbytes(rng.randrange(1, 300_000)))
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(bytes(model.data))
+    path = sr / "qemu.vhd"
+    subprocess.run(
+        [
+            QEMU_IMG,
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            f"subformat={subformat},force_size=on",
+            str(raw),
+            str(path),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    info = vhd.info(path)
+    assert info.disk_type == subformat
+    assert info.virtual_size == size
+    vhd.check(path)
+    with vhd.open_chain(path, writable=False) as chain:
+        assert chain.read(0, size) == bytes(model.data)
+    vhd.snapshot(sr / "leaf.vhd", path)
+    with vhd.open_chain(sr / "leaf.vhd") as chain:
+        chain.write(4096, b"c" * 4096)
+        model.write(4096, b"c" * 4096)
+        assert chain.read(0, size) == bytes(model.data)
+    vhd.check(sr / "leaf.vhd", walk_parents=True)

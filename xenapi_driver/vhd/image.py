@@ -192,7 +192,8 @@ class VHDImage:
         self.bat = bat
         self.meta_end = self._metadata_end()
         span = self.bitmap_size + bs
-        used = [entry for entry in bat if entry != fmt.UNUSED]
+        used = set(bat)  # C-speed even for the 1M entries of a 2040 GiB disk
+        used.discard(fmt.UNUSED)
         end = self.meta_end
         if used:
             highest = max(used)
