@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import XenAPI
 
@@ -261,13 +263,40 @@ def test_vif_lifecycle(xapi, sim, failure):
 def test_async_start_reports_through_task(xapi, sim):
     vm = make_vm(xapi, "async")
     task = xapi.Async.VM.start(vm, False, False)
-    for _ in range(10000):
-        if xapi.task.get_status(task) != "pending":
-            break
+    deadline = time.monotonic() + 30
+    while xapi.task.get_status(task) == "pending" and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert xapi.task.get_status(task) == "success"
     bad = xapi.Async.VM.start(vm, False, False)
-    for _ in range(10000):
-        if xapi.task.get_status(bad) != "pending":
-            break
+    while xapi.task.get_status(bad) == "pending" and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert xapi.task.get_error_info(bad) == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
+    xapi.VM.hard_shutdown(vm)
+
+
+def test_other_operation_in_progress(xapi, failure):
+    vm = make_vm(xapi, "slow", other_config={"simulator_operation_delay": "1"})
+    task = xapi.Async.VM.start(vm, False, False)
+    token = ""
+    ops = {}
+    for _ in range(200):  # wait (bounded) until the start is under way
+        batch = xapi.event_from([f"vm/{vm}"], token, 5.0)
+        token = batch["token"]
+        ops = xapi.VM.get_current_operations(vm)
+        if ops:
+            break
+    assert list(ops.values()) == ["start"] and xapi.VM.get_allowed_operations(vm) == []
+    (op_ref,) = ops
+    assert failure(xapi.VM.start, vm, False, False) == [
+        "OTHER_OPERATION_IN_PROGRESS",
+        "VM",
+        vm,
+        "start",
+        op_ref,
+    ]
+    deadline = time.monotonic() + 30
+    while xapi.task.get_status(task) == "pending" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert xapi.task.get_status(task) == "success" and xapi.VM.get_current_operations(vm) == {}
+    xapi.VM.remove_from_other_config(vm, "simulator_operation_delay")
     xapi.VM.hard_shutdown(vm)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -149,7 +150,11 @@ def check_operation(db, vm_ref: str, op: str) -> dict:
 
 @contextlib.contextmanager
 def vm_operation(ctx, vm_ref: str, op: str):
-    """Mark ``op`` in ``current_operations`` while it runs (XAPI's operation locking)."""
+    """Mark ``op`` in ``current_operations`` while it runs (XAPI's operation locking).
+
+    ``other_config['simulator_operation_delay']`` (seconds, at most 10) makes every operation
+    on that VM take that long, so clients can test OTHER_OPERATION_IN_PROGRESS and timeouts.
+    """
     db = ctx.db
     with db.lock:
         check_operation(db, vm_ref, op)
@@ -157,7 +162,10 @@ def vm_operation(ctx, vm_ref: str, op: str):
         ops = dict(db.get("VM", vm_ref)["current_operations"])
         ops[token] = op
         db.update("VM", vm_ref, current_operations=ops, allowed_operations=[])
+        delay = _operation_delay(db.get("VM", vm_ref))
     try:
+        if delay:
+            time.sleep(delay)
         yield
     finally:
         with db.lock:
@@ -166,6 +174,13 @@ def vm_operation(ctx, vm_ref: str, op: str):
                 ops.pop(token, None)
                 db.set("VM", vm_ref, "current_operations", ops)
                 refresh_vm(db, vm_ref)
+
+
+def _operation_delay(rec: dict) -> float:
+    try:
+        return max(0.0, min(float(rec["other_config"].get("simulator_operation_delay", 0)), 10.0))
+    except ValueError:
+        return 0.0
 
 
 # -- memory accounting -------------------------------------------------------------------------
