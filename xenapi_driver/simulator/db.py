@@ -264,10 +264,11 @@ class Database:
         return out, since < self._oldest_tombstone
 
     def wait_changed(self, since: int, deadline: float) -> bool:
-        """Block until the generation passes ``since`` or ``deadline``; caller holds the lock."""
+        """Block until notified (a change) or ``deadline`` (returns False); caller holds the lock."""
         while self.generation <= since:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            self.changed.wait(remaining)
+            if self.changed.wait(remaining):
+                return True  # notified: a change, or the simulator stopping; the caller re-checks
         return True

@@ -234,6 +234,7 @@ class World:
         self.host_memory = host_memory
         self.host_cpus = host_cpus
         self.faults = Faults()
+        self.stopped = False
         self.control_token = secrets.token_hex(16)
         self.call_counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
@@ -316,8 +317,12 @@ class World:
                 population.reset_pool(pool)
 
     def stop(self) -> None:
+        """Stop every server and wake every blocked event.from so its thread ends."""
+        self.stopped = True
         for p in self.pools:
             p.stop()
+            with p.db.lock:
+                p.db.changed.notify_all()
 
     def remove_state(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -171,6 +171,8 @@ def event_from(ctx: CallContext, classes: list, token: str, timeout: float) -> d
                     gen = db.generation
                 break
             # woken by a change: a logout or toolstack restart ends the wait, as in XAPI
+            if ctx.world.stopped:
+                raise XapiError("INTERNAL_ERROR", "the simulator is stopping")
             if ctx.session and ctx.session not in ctx.pool.sessions.infos:
                 raise XapiError("SESSION_INVALID", ctx.session)
             ctx.check_cancelled()
