@@ -244,3 +244,18 @@ def test_storage_xenmotion_copy_keeps_the_source(world, sessions):
     assert y.VM.get_uuid(new_vm) != x.VM.get_uuid(vm)
     x.VM.hard_shutdown(vm)
     y.VM.hard_shutdown(new_vm)
+
+
+def test_storage_xenmotion_copy_within_pool(world, sessions):
+    x = sessions[0].xenapi
+    h0, h1 = world.pools[0].hosts
+    vm = make_vm(x, "sxm-local-copy")
+    disk = add_disk(x, vm, h0.local_sr)
+    vif = add_vif(x, vm)
+    dest = x.host.migrate_receive(h1.ref, x.network.get_all()[0], {})
+    new_vm = x.VM.migrate_send(vm, dest, False, {disk: h1.local_sr}, {}, {"copy": "true"})
+    assert new_vm != vm and x.VM.get_uuid(new_vm) != x.VM.get_uuid(vm)
+    assert x.VDI.get_SR(x.VBD.get_VDI(x.VM.get_VBDs(new_vm)[0])) == h1.local_sr
+    assert x.VDI.get_SR(disk) == h0.local_sr
+    (new_vif,) = x.VM.get_VIFs(new_vm)
+    assert x.VIF.get_network(new_vif) == x.VIF.get_network(vif)

@@ -251,7 +251,7 @@ def _copy_vm_record(ctx, vm_ref: str, ddb, plan: Plan, new_vdis: dict[str, str],
         target_db=ddb,
         extra=extra,
     )
-    for vif in rec["VIFs"]:
+    for vif in rec["VIFs"] if ddb is not db else ():  # same pool: duplicate_vm copied the VIFs
         vif_rec = db.record("VIF", vif)
         ref = ddb.create(
             "VIF",
