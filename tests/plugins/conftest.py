@@ -68,6 +68,6 @@ def dom0(hosts) -> Dom0Sandbox:
     return hosts.new("127.0.0.1", "dom0")
 
 
-def call(sandbox: Dom0Sandbox, plugin: str, fn: str, timeout: float = 60, **args: str) -> str:
+def call(sandbox: Dom0Sandbox, plugin: str, fn: str, _timeout: float = 60, **args: str) -> str:
     """host.call_plugin on ``sandbox`` (string arguments, as XAPI passes them)."""
-    return sandbox.call_plugin(plugin, fn, {k: str(v) for k, v in args.items()}, SESSION, timeout=timeout)
+    return sandbox.call_plugin(plugin, fn, {k: str(v) for k, v in args.items()}, SESSION, timeout=_timeout)
