@@ -90,7 +90,11 @@ def walk_chain(path: str, *, writable_leaf: bool = False, verify: bool = True, a
 
 
 class Chain:
-    """An open chain (leaf first).  Use as a context manager, or call close()."""
+    """An open chain (leaf first).  Use as a context manager, or call close().
+
+    BAT and bitmaps are cached at open: keep one writer per leaf file, and
+    reopen a chain to see blocks another writer allocated since.
+    """
 
     def __init__(self, path: str, *, writable: bool = True):
         self.layers, _ = walk_chain(path, writable_leaf=writable)
