@@ -43,7 +43,21 @@ PARAM_DEFAULTS: dict[str, dict[str, object]] = {
     "VM.import": {"full_restore": False, "force": False},
     "VDI.copy": {"base_vdi": "OpaqueRef:NULL", "into_vdi": "OpaqueRef:NULL"},
     "host.evacuate": {"network": "OpaqueRef:NULL", "evacuate_batch_size": 0},
+    "VDI.introduce": {
+        "sm_config": {},
+        "managed": True,
+        "virtual_size": 0,
+        "physical_utilisation": 0,
+        "metadata_of_pool": "OpaqueRef:NULL",
+        "is_a_snapshot": False,
+        "snapshot_time": "19700101T00:00:00Z",
+        "snapshot_of": "OpaqueRef:NULL",
+    },
+    "Bond.create": {"mode": "balance-slb", "properties": {}},
+    "PIF.introduce": {"managed": True},
 }
+# <Class>.create_new_blob(obj, name, mime_type, public=false) on every class that has it
+BLOB_PUBLIC_DEFAULT = {"public": False}
 
 # Parameters newer XAPI releases added that this datamodel dump predates.
 EXTRA_PARAMS: dict[str, list[list[str]]] = {
@@ -233,12 +247,23 @@ def derive(source: list[dict]) -> dict:
             enums[e["name"]] = [v["name"] for v in e["values"]]
         classes[name] = {"fields": fields, "messages": messages}
     errors = {n: ERROR_PARAMS.get(n) for n in sorted(error_names)}
+    param_defaults = dict(PARAM_DEFAULTS)
+    for cname, c in classes.items():
+        blob = c["messages"].get("create_new_blob")
+        if blob and blob["params"] and blob["params"][-1][0] == "public":
+            param_defaults[f"{cname}.create_new_blob"] = BLOB_PUBLIC_DEFAULT
+    for full, defaults in param_defaults.items():
+        cname, _, mname = full.partition(".")
+        names = [p[0] for p in classes[cname]["messages"][mname]["params"]]
+        tail = names[len(names) - len(defaults) :]
+        if set(tail) != set(defaults):
+            raise ValueError(f"defaults of {full} must cover its trailing parameters, got {sorted(defaults)}")
     return {
         "source": "xapi-project/xen-api datamodel (xenapi.json)",
         "classes": classes,
         "enums": dict(sorted(enums.items())),
         "errors": errors,
-        "param_defaults": PARAM_DEFAULTS,
+        "param_defaults": param_defaults,
     }
 
 
