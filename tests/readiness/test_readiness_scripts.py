@@ -178,3 +178,17 @@ def test_wait_down_on_a_stopped_host(sshd):
     sshd.stop()
     result = HostReadiness(sshd.host, sshd.port).wait_down(timeout=5, interval=0.1)
     assert result.ok and [e["state"] for e in result.events] == ["started", "down"]
+
+
+@pytest.mark.timeout(60)
+def test_hung_host_before_the_script_starts_is_a_bounded_timeout(sshd):
+    """The cached connection is dead (host hung): the script never starts and nothing hangs."""
+    checker = _checker(sshd, connect_timeout=30)
+    assert checker.wait_ready(None, timeout=10, interval=0.1).ok
+    sshd.freeze()
+    start = time.monotonic()
+    result = checker.run_script(command="touch /tmp/should-not-matter", timeout=1.5, interval=0.2)
+    assert time.monotonic() - start < 1.5 + HANG_MARGIN
+    sshd.thaw()
+    assert result.exit_code == ExitCode.TIMEOUT
+    assert "unreachable" in [e["state"] for e in result.events if e["phase"] == "run-script"]

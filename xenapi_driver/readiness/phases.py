@@ -76,6 +76,9 @@ class HostReadiness:
     :param connect_timeout: cap for one connection attempt (TCP, banner,
         key exchange, authentication) and for one status check.
     :param on_event: called with each phase-transition event (a dict).
+
+    One object serves one caller at a time (it caches one SSH connection);
+    use one per thread.
     """
 
     def __init__(
@@ -350,12 +353,20 @@ class HostReadiness:
         except UsageError as exc:
             return self._fail(phase, "failed", exc)
         self.recorder.emit(phase, "started", f"running {label} on {self.target.username}@{self.name}")
-        outcome = self._poll(phase, deadline, delays, lambda conn: (True, ""), "reachable")
-        if isinstance(outcome, ReadinessResult):
-            return outcome
-        own_limit = script_timeout is not None and script_timeout < deadline.remaining
-        self.recorder.emit(phase, "running", f"{label} started")
-        result = outcome.run(remote, deadline, timeout=script_timeout, stdin=body)
+        while True:
+            outcome = self._poll(phase, deadline, delays, lambda conn: (True, ""), "reachable")
+            if isinstance(outcome, ReadinessResult):
+                return outcome
+            own_limit = script_timeout is not None and script_timeout < deadline.remaining
+            self.recorder.emit(phase, "running", f"{label} started")
+            try:
+                result = outcome.run(remote, deadline, timeout=script_timeout, stdin=body)
+                break
+            except Unreachable as exc:
+                # No channel, so the script never started: trying again is safe.
+                self.close()
+                self.recorder.transition(phase, "unreachable", f"{self.name}: {exc}")
+                deadline.sleep(delays.next_delay())
         if disconnect_ok and result.exit_status not in (None, 0) and self._goes_away(outcome, deadline):
             # A reboot or halt often kills the script before sshd: the client
             # sees 143/137, then the connection drops. That is the expected end.
@@ -495,21 +506,6 @@ class HostReadiness:
         return down
 
 
-def _checker(kwargs: dict) -> HostReadiness:
-    names = (
-        "port",
-        "username",
-        "key_filename",
-        "known_hosts",
-        "accept_new_host_key",
-        "reject_unknown_host_key",
-        "connect_timeout",
-        "on_event",
-        "passphrase",
-    )
-    return HostReadiness(kwargs.pop("host"), **{n: kwargs.pop(n) for n in names if n in kwargs})
-
-
 def wait_for_host_ready(
     host: str,
     port: int = 22,
@@ -520,28 +516,32 @@ def wait_for_host_ready(
     interval: float = DEFAULT_INTERVAL,
     known_hosts: str | os.PathLike | None = None,
     accept_new_host_key: bool = False,
-    **options: object,
+    *,
+    backoff: float = DEFAULT_BACKOFF,
+    max_interval: float | None = DEFAULT_MAX_INTERVAL,
+    status_contains: str | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    reject_unknown_host_key: bool = False,
+    on_event: EventCallback | None = None,
+    passphrase: str | None = None,
 ) -> ReadinessResult:
     """Wait until ``host`` answers SSH with our key and ``status_file`` exists.
 
-    The call the driver and installer use wherever a host goes away and
-    comes back (after ``pool.join``, after a toolstack restart). Extra
-    options: ``backoff``, ``max_interval``, ``status_contains``,
-    ``connect_timeout``, ``reject_unknown_host_key``, ``on_event``,
-    ``passphrase``. Returns a :class:`ReadinessResult`; call
-    ``raise_for_status()`` on it to get an exception instead.
+    The one call the driver and installer use wherever a host goes away and
+    comes back (after ``pool.join``, after a toolstack restart). Returns a
+    :class:`ReadinessResult`; call ``raise_for_status()`` on it to get an
+    exception instead. See :class:`HostReadiness` for the parameters.
     """
-    kwargs = dict(options)
-    phase_keys = {k: kwargs.pop(k) for k in ("backoff", "max_interval", "status_contains") if k in kwargs}
-    kwargs.update(
-        host=host,
-        port=port,
-        username=username,
-        key_filename=key_filename,
-        known_hosts=known_hosts,
-        accept_new_host_key=accept_new_host_key,
-    )
-    with _checker(kwargs) as checker:
-        if kwargs:
-            raise TypeError(f"unexpected options: {', '.join(sorted(kwargs))}")
-        return checker.wait_ready(status_file, timeout, interval, **phase_keys)
+    with HostReadiness(
+        host,
+        port,
+        username,
+        key_filename,
+        known_hosts,
+        accept_new_host_key,
+        reject_unknown_host_key,
+        connect_timeout,
+        on_event,
+        passphrase,
+    ) as checker:
+        return checker.wait_ready(status_file, timeout, interval, backoff, max_interval, status_contains)
