@@ -15,6 +15,11 @@ def test_fail_next_then_recover(sim, xapi, failure):
     assert xapi.pool.get_all() == [sim.pool.ref]
 
 
+def test_fail_next_rejects_unknown_methods(sim):
+    with pytest.raises(ValueError, match="not a XAPI message"):
+        sim.faults.fail_next("VM.strat", "INTERNAL_ERROR")
+
+
 def test_fail_next_count_and_async(sim, xapi):
     sim.faults.fail_next("pool.sync_database", "HOST_OFFLINE", "OpaqueRef:h", count=2)
     for _ in range(2):

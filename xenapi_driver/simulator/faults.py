@@ -26,7 +26,18 @@ class Faults:
         self._drop: Counter[str] = Counter()  # method or "*" -> remaining drops
 
     def fail_next(self, method: str, code: str, *params: object, count: int = 1) -> None:
-        """Fail the next ``count`` calls of ``method`` with ``[code, *params]``."""
+        """Fail the next ``count`` calls of ``method`` with ``[code, *params]``.
+
+        ``method`` is XAPI's ``Class.msg`` (checked against the schema, so a typo
+        fails here instead of never firing).
+        """
+        from .schema import load
+
+        cls, _, msg = method.partition(".")
+        if load().message(cls, msg) is None:
+            raise ValueError(
+                f"fail_next: {method!r} is not a XAPI message (expected 'Class.msg', e.g. 'VM.start')"
+            )
         with self._lock:
             q = self._fail.setdefault(method, deque())
             for _ in range(count):
