@@ -279,3 +279,21 @@ def test_vbd_constraints(xapi, local_sr, sim, failure):
     assert not xapi.VBD.get_currently_attached(hot)
     xapi.VBD.destroy(vbd)
     xapi.VDI.destroy(disk)
+
+
+def test_vdi_setters_update_and_live_storage_migration(xapi, sim, local_sr):
+    vdi = make_vdi(xapi, local_sr)
+    xapi.VDI.set_name_label(vdi, "renamed")
+    xapi.VDI.set_name_description(vdi, "described")
+    assert xapi.VDI.get_name_label(vdi) == "renamed"
+    xapi.VDI.update(vdi)
+    vm = make_vm(xapi, "live-move")
+    make_vbd(xapi, vm, vdi)
+    shared = xapi.SR.create(sim.pool.master.ref, {}, "0", "target", "", "nfs", "user", True, {})
+    xapi.VM.start_on(vm, sim.pool.master.ref, False, False)
+    moved = xapi.VDI.pool_migrate(vdi, shared, {})
+    assert xapi.VDI.get_SR(moved) == shared and xapi.VBD.get_VDI(xapi.VM.get_VBDs(vm)[0]) == moved
+    assert xapi.VBD.get_currently_attached(xapi.VM.get_VBDs(vm)[0])
+    with pytest.raises(XenAPI.Failure):
+        xapi.VDI.get_record(vdi)
+    xapi.VM.hard_shutdown(vm)

@@ -300,3 +300,39 @@ def test_other_operation_in_progress(xapi, failure):
     assert xapi.task.get_status(task) == "success" and xapi.VM.get_current_operations(vm) == {}
     xapi.VM.remove_from_other_config(vm, "simulator_operation_delay")
     xapi.VM.hard_shutdown(vm)
+
+
+def test_explicit_setters_and_device_helpers(xapi, failure):
+    vm = make_vm(xapi, "setters")
+    xapi.VM.set_VCPUs_max(vm, "4")
+    xapi.VM.set_VCPUs_at_startup(vm, "3")
+    assert xapi.VM.get_VCPUs_at_startup(vm) == "3"
+    assert failure(xapi.VM.set_VCPUs_at_startup, vm, "5")[0] == "VCPU_CONSTRAINT_VIOLATION"
+    xapi.VM.set_HVM_boot_policy(vm, "BIOS order")
+    xapi.VM.set_domain_type(vm, "hvm")
+    assert xapi.VM.get_domain_type(vm) == "hvm"
+    xapi.VM.set_memory_limits(vm, str(64 * MiB), str(256 * MiB), str(128 * MiB), str(256 * MiB))
+    assert xapi.VM.get_memory_static_max(vm) == str(256 * MiB)
+    assert failure(xapi.VM.set_memory_dynamic_range, vm, str(512 * MiB), str(512 * MiB))[0] == (
+        "MEMORY_CONSTRAINT_VIOLATION"
+    )
+    vif = add_vif(xapi, vm)
+    assert xapi.VM.get_allowed_VIF_devices(vm) == ["1", "2", "3", "4", "5", "6"]
+    assert xapi.VM.get_allowed_VBD_devices(vm)[0] == "0"
+    xapi.VIF.configure_ipv4(vif, "Static", "10.0.0.5/24", "10.0.0.1")
+    assert xapi.VIF.get_ipv4_addresses(vif) == ["10.0.0.5/24"]
+    xapi.VIF.add_ipv4_allowed(vif, "10.0.0.5")
+    xapi.VIF.set_locking_mode(vif, "locked")
+    assert xapi.VIF.get_ipv4_allowed(vif) == ["10.0.0.5"] and xapi.VIF.get_locking_mode(vif) == "locked"
+
+
+def test_host_evacuate_moves_guests(xapi, sim):
+    h0, h1 = sim.pool.hosts[0].ref, sim.pool.hosts[1].ref
+    shared = xapi.SR.create(h0, {}, "0", "evac", "", "nfs", "user", True, {})
+    vm = make_vm(xapi, "evacuee")
+    add_disk(xapi, vm, shared)
+    xapi.VM.start_on(vm, h1, False, False)
+    assert xapi.host.get_vms_which_prevent_evacuation(h1) == {}
+    xapi.host.evacuate(h1)
+    assert xapi.VM.get_resident_on(vm) not in (h1, NULL)
+    xapi.VM.hard_shutdown(vm)

@@ -310,3 +310,25 @@ def vm_pool_migrate(ctx, vm_ref: str, host_ref: str, options: dict) -> None:
                 raise XapiError("HOST_DISABLED", host_ref)
         ctx.set_progress(0.5)
         _relocate(ctx.pool, vm_ref, host_ref)
+
+
+@message("VDI.pool_migrate")
+def vdi_pool_migrate(ctx, vdi_ref: str, sr_ref: str, options: dict) -> str:
+    """Live-move one disk of a running VM to another SR of the pool; returns the new VDI."""
+    db = ctx.db
+    vdi = db.get("VDI", vdi_ref)
+    db.get("SR", sr_ref)
+    vms = {db.get("VBD", v)["VM"] for v in vdi["VBDs"]}
+    for vm in vms:
+        rec = db.get("VM", vm)
+        if rec["power_state"] != vmh.RUNNING:
+            raise XapiError("VM_BAD_POWER_STATE", vm, "running", rec["power_state"].lower())
+        host = rec["resident_on"]
+        if not vmh.host_sees_sr(db, host, sr_ref):
+            raise XapiError("VM_REQUIRES_SR", vm, sr_ref)
+    if vdi["SR"] == sr_ref:
+        return vdi_ref
+    new = storage.copy_vdi(ctx.pool, vdi_ref, ctx.pool, sr_ref, world=ctx.world)
+    _repoint(db, vdi_ref, new)
+    storage.vdi_destroy(ctx, vdi_ref)
+    return new

@@ -990,3 +990,19 @@ def vbd_assert_attachable(ctx, vbd_ref: str) -> None:
                 o = db.get("VBD", other)
                 if other != vbd_ref and o["currently_attached"] and o["mode"] == "RW":
                     raise XapiError("VDI_IN_USE", vbd["VDI"], "attach")
+
+
+@message("VDI.update")
+def vdi_update(ctx, vdi_ref: str) -> None:
+    """Re-read one VDI's sizes and chain from its SR."""
+    backend, vdi = vdi_backend(ctx.pool, vdi_ref, ctx.world)
+    with backend_errors():
+        if isinstance(backend, FileSR):
+            disk = backend.info(vdi["location"])
+        else:
+            found = backend.scan()
+            if vdi["location"] not in found:
+                raise XapiError("VDI_MISSING", vdi["SR"], vdi_ref)
+            disk = found[vdi["location"]]
+            disk.uuid = vdi["uuid"]
+    record_disk(ctx.db, vdi["SR"], disk)

@@ -1255,3 +1255,210 @@ def vif_destroy(ctx, vif_ref: str) -> None:
         if vif["currently_attached"]:
             raise XapiError("OPERATION_NOT_ALLOWED", "VIF is currently attached; unplug it first")
         db.destroy("VIF", vif_ref)
+
+
+# -- explicit setters that are plain field updates in the simulator ---------------------------
+def _field_setter(cls: str, field: str, after=None):
+    def setter(ctx, ref: str, value) -> None:
+        ctx.db.set(cls, ref, field, value)
+        if after is not None:
+            after(ctx.db, ref)
+
+    return setter
+
+
+def _set_adder(cls: str, field: str, add: bool):
+    def change(ctx, ref: str, value) -> None:
+        db = ctx.db
+        with db.lock:
+            current = [v for v in db.get(cls, ref)[field] if v != value]
+            if add:
+                current.append(value)
+            db.set(cls, ref, field, current)
+
+    return change
+
+
+def _map_changer(cls: str, field: str, add: bool):
+    def add_to(ctx, ref: str, key, value) -> None:
+        db = ctx.db
+        with db.lock:
+            current = dict(db.get(cls, ref)[field])
+            if key in current:
+                raise XapiError("MAP_DUPLICATE_KEY", cls, field, ref, key)
+            current[key] = value
+            db.set(cls, ref, field, current)
+
+    def remove_from(ctx, ref: str, key) -> None:
+        db = ctx.db
+        with db.lock:
+            current = dict(db.get(cls, ref)[field])
+            current.pop(key, None)
+            db.set(cls, ref, field, current)
+
+    return add_to if add else remove_from
+
+
+_REFRESH = {"VM": refresh_vm, "VDI": storage.refresh_vdi}
+
+
+def _register_plain_setters() -> None:
+    """``VDI.set_name_label``, ``VM.set_VCPUs_max``, ``VIF.add_ipv4_allowed`` ... as XAPI's datamodel
+    declares them explicitly: each one changes its field (checks live in dedicated handlers)."""
+    from xenapi_driver.simulator import registry, schema
+
+    s = schema.load()
+    for cls in ("VM", "VDI", "VBD", "VIF", "SR", "PBD", "network"):
+        info = s.classes[cls]
+        for name, msg in info.messages.items():
+            if msg.implicit or registry.lookup_message(f"{cls}.{name}") is not None:
+                continue
+            for prefix, arity in (
+                ("set_", 2),
+                ("add_to_", 3),
+                ("remove_from_", 2),
+                ("add_", 2),
+                ("remove_", 2),
+            ):
+                field = name[len(prefix) :]
+                if not name.startswith(prefix) or field not in info.fields or len(msg.params) != arity:
+                    continue
+                kind = info.fields[field].type.kind
+                if prefix == "set_":
+                    func = _field_setter(cls, field, _REFRESH.get(cls))
+                elif prefix in ("add_to_", "remove_from_") and kind == "map":
+                    func = _map_changer(cls, field, prefix == "add_to_")
+                elif prefix in ("add_", "remove_") and kind == "set":
+                    func = _set_adder(cls, field, prefix == "add_")
+                else:
+                    continue
+                message(f"{cls}.{name}")(func)
+                break
+
+
+@message("VM.set_VCPUs_max")
+def vm_set_vcpus_max(ctx, vm_ref: str, value: int) -> None:
+    db = ctx.db
+    with db.lock:
+        rec = db.get("VM", vm_ref)
+        if rec["power_state"] != HALTED:
+            raise XapiError("VM_BAD_POWER_STATE", vm_ref, "halted", rec["power_state"].lower())
+        if int(value) < 1 or int(value) < int(rec["VCPUs_at_startup"]):
+            raise XapiError("VCPU_CONSTRAINT_VIOLATION", "VCPUs_at_startup must be <= VCPUs_max")
+        db.set("VM", vm_ref, "VCPUs_max", int(value))
+
+
+@message("VM.set_VCPUs_at_startup")
+def vm_set_vcpus_at_startup(ctx, vm_ref: str, value: int) -> None:
+    db = ctx.db
+    with db.lock:
+        rec = db.get("VM", vm_ref)
+        if int(value) < 1 or int(value) > int(rec["VCPUs_max"]):
+            raise XapiError("VCPU_CONSTRAINT_VIOLATION", "VCPUs_at_startup must be between 1 and VCPUs_max")
+        db.set("VM", vm_ref, "VCPUs_at_startup", int(value))
+
+
+@message("VM.get_allowed_VBD_devices")
+def vm_get_allowed_vbd_devices(ctx, vm_ref: str) -> list[str]:
+    db = ctx.db
+    used = {db.get("VBD", v)["userdevice"] for v in db.get("VM", vm_ref)["VBDs"]}
+    return [str(n) for n in range(16) if str(n) not in used]
+
+
+@message("VM.get_allowed_VIF_devices")
+def vm_get_allowed_vif_devices(ctx, vm_ref: str) -> list[str]:
+    db = ctx.db
+    used = {db.get("VIF", v)["device"] for v in db.get("VM", vm_ref)["VIFs"]}
+    return [str(n) for n in range(7) if str(n) not in used]
+
+
+@message("VM.get_boot_record")
+def vm_get_boot_record(ctx, vm_ref: str) -> dict:
+    return ctx.db.record("VM", vm_ref)
+
+
+@message("VM.send_sysrq")
+def vm_send_sysrq(ctx, vm_ref: str, key: str) -> None:
+    rec = ctx.db.get("VM", vm_ref)
+    if rec["power_state"] != RUNNING:
+        raise XapiError("VM_BAD_POWER_STATE", vm_ref, "running", rec["power_state"].lower())
+
+
+@message("VM.send_trigger")
+def vm_send_trigger(ctx, vm_ref: str, trigger: str) -> None:
+    vm_send_sysrq(ctx, vm_ref, trigger)
+
+
+@message("VM.set_memory_target_live")
+def vm_set_memory_target_live(ctx, vm_ref: str, target: int) -> None:
+    db = ctx.db
+    rec = db.get("VM", vm_ref)
+    if rec["power_state"] != RUNNING:
+        raise XapiError("VM_BAD_POWER_STATE", vm_ref, "running", rec["power_state"].lower())
+    db.set("VM", vm_ref, "memory_target", int(target))
+
+
+@message("VIF.move")
+def vif_move(ctx, vif_ref: str, network_ref: str) -> None:
+    ctx.db.get("network", network_ref)
+    ctx.db.set("VIF", vif_ref, "network", network_ref)
+
+
+@message("VIF.configure_ipv4")
+def vif_configure_ipv4(ctx, vif_ref: str, mode: str, address: str, gateway: str) -> None:
+    addresses = [address] if address else []
+    ctx.db.update(
+        "VIF", vif_ref, ipv4_configuration_mode=mode, ipv4_addresses=addresses, ipv4_gateway=gateway or ""
+    )
+
+
+@message("VIF.configure_ipv6")
+def vif_configure_ipv6(ctx, vif_ref: str, mode: str, address: str, gateway: str) -> None:
+    addresses = [address] if address else []
+    ctx.db.update(
+        "VIF", vif_ref, ipv6_configuration_mode=mode, ipv6_addresses=addresses, ipv6_gateway=gateway or ""
+    )
+
+
+@message("host.evacuate")
+def host_evacuate(ctx, host_ref: str, network_ref: str = NULL_REF, evacuate_batch_size: int = 0) -> None:
+    """Move every running guest to another host of the pool (XAPI's maintenance-mode step)."""
+    from xenapi_driver.simulator.handlers import migration
+
+    db = ctx.db
+    db.get("host", host_ref)
+    for vm_ref in list(db.get("host", host_ref)["resident_VMs"]):
+        if db.get("VM", vm_ref)["is_control_domain"]:
+            continue
+        targets = [h.ref for h in ctx.pool.hosts if h.ref != host_ref and h.powered]
+        for target in sorted(targets, key=lambda h: -host_free_memory(db, h)):
+            try:
+                migration.vm_pool_migrate(ctx, vm_ref, target, {"live": "true"})
+                break
+            except XapiError:
+                continue
+        else:
+            raise XapiError("NO_HOSTS_AVAILABLE")
+
+
+@message("host.get_vms_which_prevent_evacuation")
+def host_get_vms_which_prevent_evacuation(ctx, host_ref: str) -> dict:
+    db = ctx.db
+    out = {}
+    for vm_ref in db.get("host", host_ref)["resident_VMs"]:
+        if db.get("VM", vm_ref)["is_control_domain"]:
+            continue
+        for sr in vm_srs(db, vm_ref):
+            if not db.get("SR", sr)["shared"]:
+                out[vm_ref] = ["VM_REQUIRES_SR", vm_ref, sr]
+    return out
+
+
+@message("host.assert_can_evacuate")
+def host_assert_can_evacuate(ctx, host_ref: str) -> None:
+    blockers = host_get_vms_which_prevent_evacuation(ctx, host_ref)
+    if blockers:
+        raise XapiError(*next(iter(blockers.values())))
+
+
+_register_plain_setters()
