@@ -29,6 +29,12 @@ __all__ = [
 ]
 
 
+class Int32(int):
+    """A 32-bit int XAPI sends as ``<i4>`` (e.g. event.from's ``valid_ref_counts``), not as a string."""
+
+    __slots__ = ()
+
+
 def now() -> XDate:
     """The current time as an XAPI datetime."""
     return XDate(_dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H:%M:%SZ"))
@@ -162,7 +168,7 @@ def to_wire(value: object) -> object:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return str(value)
+        return int(value) if type(value) is Int32 else str(value)
     if isinstance(value, float):
         return value
     if value is None:
@@ -205,7 +211,10 @@ def _xml(value: object, out: list[str]) -> None:
     elif isinstance(value, bool):
         out.append("<value><boolean>1</boolean></value>" if value else "<value><boolean>0</boolean></value>")
     elif isinstance(value, int):
-        out.append(f"<value>{value}</value>")
+        if type(value) is Int32:
+            out.append(f"<value><i4>{value}</i4></value>")
+        else:
+            out.append(f"<value>{value}</value>")
     elif isinstance(value, float):
         out.append(f"<value><double>{value!r}</double></value>")
     elif value is None:

@@ -16,7 +16,7 @@ from ..errors import XapiError
 from ..implicit import snapshot
 from ..registry import http_handler, message
 from ..schema import NULL_REF
-from ..wire import now
+from ..wire import Int32, now
 
 # -- session ---------------------------------------------------------------------------
 
@@ -178,7 +178,7 @@ def event_from(ctx: CallContext, classes: list, token: str, timeout: float) -> d
             ctx.check_cancelled()
         events = [_event(db, g, op, cls, ref) for g, op, cls, ref in changes]
         # XAPI counts the objects of every class, whatever the subscription
-        counts = {cls.lower(): db.count(cls) for cls in db.schema.classes}
+        counts = {cls.lower(): Int32(db.count(cls)) for cls in db.schema.classes}
         return {"events": events, "valid_ref_counts": counts, "token": _token(gen)}
 
 
