@@ -128,6 +128,7 @@ def test_vm_without_agent_times_out(xapi, sim):
     vm = make_vm(xapi, "silent", other_config={"simulator-agent": "false"})
     xapi.VM.start_on(vm, host.ref, False, False)
     domid = xapi.VM.get_domid(vm)
+    assert xapi.VM.get_guest_metrics(vm) == NULL  # no PV tools, nothing reported
     with pytest.raises(XenAPI.Failure) as info:
         xapi.host.call_plugin(host.ref, "agent", "version", {"dom_id": domid, "timeout": "1"})
     assert "AGENT_TIMEOUT" in info.value.details

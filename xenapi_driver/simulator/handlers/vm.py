@@ -355,7 +355,8 @@ def boot_domain(pool, vm_ref: str, host_ref: str, *, paused: bool = False, new_m
             last_booted_record=str(rec["uuid"]),
         )
         _update_metrics(db, vm_ref, running=True, start=new_metrics)
-        _update_guest_metrics(db, vm_ref)
+        if has_agent(rec):
+            _update_guest_metrics(db, vm_ref)
         update_host_metrics(db, host_ref)
         refresh_vm(db, vm_ref)
     if sim_host is not None:
@@ -428,6 +429,11 @@ def _update_metrics(db, vm_ref: str, *, running: bool, start: bool = True) -> No
             last_updated=storage.now(),
             current_domain_type="unspecified",
         )
+
+
+def has_agent(rec: dict) -> bool:
+    """Guests run PV tools with an agent unless ``other_config['simulator-agent']`` is false."""
+    return str(rec["other_config"].get("simulator-agent", "true")).lower() != "false"
 
 
 def _update_guest_metrics(db, vm_ref: str) -> None:
