@@ -46,7 +46,11 @@ class XenAPIDriver(driver.ComputeDriver):
     # Only what this driver really does today. Each capability is switched on
     # in the same change that implements and tests it (capabilities become
     # placement traits, which the scheduler trusts).
-    capabilities = dict(driver.ComputeDriver.capabilities)
+    capabilities = dict(
+        driver.ComputeDriver.capabilities,
+        # VIF.create + VIF.plug on a running VM (VMOps.attach_interface).
+        supports_attach_interface=True,
+    )
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi)

@@ -282,7 +282,6 @@ def test_power_operations(drv: XenAPIDriver, sim: Any) -> None:
 def test_soft_reboot_falls_back_to_hard(drv: XenAPIDriver, sim: Any) -> None:
     inst = flavored_instance(ephemeral_gb=0, swap=0)
     spawn(drv, inst)
-    sim.faults.fail_next("Async.VM.clean_reboot", "VM_MISSING_PV_DRIVERS", "x")
     sim.faults.fail_next("VM.clean_reboot", "VM_MISSING_PV_DRIVERS", "x")
     sim.reset_call_counts()
     drv.reboot(None, inst, None, "SOFT")

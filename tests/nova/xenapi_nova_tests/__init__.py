@@ -52,7 +52,7 @@ SIMULATOR_MISSING = (
 # can spawn (issue 6), running them on it only reports "spawn not
 # implemented"; what already works is proven by tests/driver/. Flip this when
 # VMOps.spawn lands. OS_XENAPI_NOVA_SUITES=1 runs them anyway (development).
-XENAPI_SPAWN_READY = False
+XENAPI_SPAWN_READY = True
 SPAWN_MISSING = (
     "XenAPIDriver cannot spawn yet (issue 6): Nova's suites on it are enabled with "
     "xenapi_nova_tests.XENAPI_SPAWN_READY once VMOps.spawn lands"

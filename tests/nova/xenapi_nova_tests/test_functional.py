@@ -21,7 +21,7 @@ from xenapi_nova_tests import (
     tolerate_newer_dependencies,
     xenapi_suite_skip_reason,
 )
-from xenapi_nova_tests.simulator_fixture import XenServerConfFixture, start_simulator
+from xenapi_nova_tests.simulator_fixture import XenServerConfFixture, prepare_driver, start_simulator
 
 
 class _ServerLifecycle:
@@ -125,6 +125,11 @@ class XenAPIDriverServerLifecycleTest(_ServerLifecycle, integrated_helpers._Inte
         self.simulator.reset()
         self.useFixture(XenServerConfFixture(self, self.simulator))
         self.flags(compute_driver="xenapi.XenAPIDriver")
+
+    def _setup_services(self) -> None:
+        super()._setup_services()
+        for compute in self.computes.values():
+            prepare_driver(compute.manager.driver)
 
     def _xapi(self) -> Any:
         import XenAPI

@@ -82,6 +82,10 @@ class XenAPIDriverInterfaceTestCase(test.NoDBTestCase):
         self.assertEqual(set(driver.ComputeDriver.capabilities), set(XenAPIDriver.capabilities))
         self.assertTrue(all(isinstance(v, bool) for v in XenAPIDriver.capabilities.values()))
 
+    def test_capabilities_claim_only_what_is_implemented(self):
+        claimed = sorted(name for name, on in XenAPIDriver.capabilities.items() if on)
+        self.assertEqual(["supports_attach_interface"], claimed)
+
     def test_nova_loads_driver_by_name_without_connecting(self):
         self.flags(compute_driver="xenapi.XenAPIDriver")
         loaded = driver.load_compute_driver(fake.FakeVirtAPI())
