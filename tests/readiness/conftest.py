@@ -80,7 +80,7 @@ def reboot_and_reinstall(server: LoopbackSSHServer, status_file: str, reinstall:
         with open(status_file, "w", encoding="ascii") as handle:
             handle.write("installed\n")
 
-    return Installer([(0.6, go_down), (0.8, come_back), (0.8, write_status)])
+    return Installer([(0.5, go_down), (0.6, come_back), (0.6, write_status)])
 
 
 @pytest.fixture

@@ -114,10 +114,15 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log SSH details to stderr")
 
 
-def _add_polling_options(parser: argparse.ArgumentParser, timeout: float = DEFAULT_TIMEOUT) -> None:
+def _add_polling_options(parser: argparse.ArgumentParser, timeout: float | None = DEFAULT_TIMEOUT) -> None:
     group = parser.add_argument_group("polling")
     group.add_argument(
-        "--timeout", type=_seconds, default=timeout, help=f"overall timeout (default {timeout:g}s)"
+        "--timeout",
+        type=_seconds,
+        default=timeout,
+        help=f"overall timeout (default {timeout:g}s)"
+        if timeout is not None
+        else "overall timeout (default: halt timeout + connect timeout + settle)",
     )
     group.add_argument(
         "--interval",
@@ -222,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     snap.add_argument(
         "--settle", type=_non_negative, default=0.0, help="extra seconds to wait after SSH went away"
     )
-    _add_polling_options(snap, timeout=DEFAULT_HALT_TIMEOUT + DEFAULT_CONNECT_TIMEOUT)
+    _add_polling_options(snap, timeout=None)
     snap.set_defaults(func=_pre_snapshot)
 
     down = actions.add_parser(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from collections.abc import Callable, Sequence
 
 from xenapi_driver.readiness.errors import (
@@ -114,6 +115,7 @@ class HostReadiness:
         self._conn: SSHConnection | None = None
         self.attempts = 0
         self.host_key_fingerprint: str | None = None
+        self._script_started = 0.0
 
     # ------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -359,6 +361,7 @@ class HostReadiness:
                 return outcome
             own_limit = script_timeout is not None and script_timeout < deadline.remaining
             self.recorder.emit(phase, "running", f"{label} started")
+            self._script_started = time.monotonic()
             try:
                 result = outcome.run(remote, deadline, timeout=script_timeout, stdin=body)
                 break
@@ -427,11 +430,14 @@ class HostReadiness:
         interval: float = 1.0,
         settle: float = 0.0,
         phase: str = WAIT_DOWN,
+        settle_bound: Deadline | None = None,
     ) -> ReadinessResult:
-        """Wait until the host stops answering SSH, then ``settle`` seconds more.
+        """Wait up to ``timeout`` until the host stops answering SSH, then ``settle`` seconds more.
 
-        "Down" means no SSH banner: refused, unreachable or silent. Used after
-        a halt so a snapshot never captures a running host.
+        "Down" means no SSH banner: refused, unreachable, closed, or silent
+        for a whole probe. Used after a halt so a snapshot never captures a
+        running host. ``settle_bound`` (a caller's overall deadline) cuts the
+        settling pause short.
         """
         try:
             deadline, delays = self._deadline(timeout), self._delays(interval, 1.0, interval)
@@ -458,7 +464,7 @@ class HostReadiness:
             deadline.sleep(delays.next_delay())
         if settle > 0:
             self.recorder.emit(phase, "settling", f"{self.name} stopped answering; waiting {settle:g}s more")
-            deadline.sleep(settle)
+            (settle_bound or Deadline(settle)).sleep(settle)
         return self._finish(phase, "down", f"{self.name} no longer answers SSH ({why})")
 
     def pre_snapshot(
@@ -473,15 +479,20 @@ class HostReadiness:
         backoff: float = DEFAULT_BACKOFF,
         max_interval: float | None = DEFAULT_MAX_INTERVAL,
     ) -> ReadinessResult:
-        """Run the pre-snapshot script (which halts dom0) and wait up to ``halt_timeout`` for the halt.
+        """Run the pre-snapshot script (which halts dom0) and wait for the halt.
 
-        ``timeout`` bounds everything (waiting for SSH first included) and
-        defaults to ``halt_timeout`` plus one connect timeout. Succeeds once
-        the host stops answering SSH (and ``settle`` seconds passed).
+        ``halt_timeout`` runs from the start of the script until the host has
+        stopped answering SSH. ``timeout`` bounds everything (waiting for SSH
+        first and ``settle`` included); it defaults to ``halt_timeout`` plus
+        one connect timeout plus ``settle``. Succeeds once the host stopped
+        answering SSH and ``settle`` seconds passed.
         """
         if timeout is None:
-            timeout = halt_timeout + self.target.connect_timeout
-        overall = Deadline(max(0.0, timeout))
+            timeout = halt_timeout + self.target.connect_timeout + settle
+        try:
+            overall = self._deadline(timeout)
+        except UsageError as exc:
+            return self._fail(PRE_SNAPSHOT, "failed", exc)
         ran = self.run_script(
             script,
             command,
@@ -496,11 +507,13 @@ class HostReadiness:
         )
         if not ran.ok:
             return ran
+        halt_left = halt_timeout - (time.monotonic() - self._script_started)
         down = self.wait_down(
-            timeout=min(overall.remaining, halt_timeout),
+            timeout=max(0.0, min(overall.remaining, halt_left)),
             interval=min(interval, 1.0),
             settle=settle,
             phase=PRE_SNAPSHOT,
+            settle_bound=overall,
         )
         down.stdout, down.stderr = ran.stdout, ran.stderr
         return down
