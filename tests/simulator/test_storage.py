@@ -297,3 +297,13 @@ def test_vdi_setters_update_and_live_storage_migration(xapi, sim, local_sr):
     with pytest.raises(XenAPI.Failure):
         xapi.VDI.get_record(vdi)
     xapi.VM.hard_shutdown(vm)
+
+
+def test_iscsi_probe_lists_luns(xapi, sim, failure):
+    iqn = "iqn.2010-10.org.openstack:volume-probe"
+    scsi = sr_backend.create_lun(sim.world.iscsi_root, iqn, 3, 2 * MiB)
+    xml = xapi.SR.probe(sim.pool.master.ref, {"target": "127.0.0.1", "targetIQN": iqn}, "lvmoiscsi", {})
+    assert f"<SCSIid>{scsi}</SCSIid>" in xml and "<LUNid>3</LUNid>" in xml
+    assert failure(xapi.SR.probe, sim.pool.master.ref, {"target": "127.0.0.1"}, "iscsi", {})[0] == (
+        "SR_BACKEND_FAILURE_97"
+    )

@@ -17,7 +17,7 @@ from typing import Any
 from xenapi_driver.simulator.errors import XapiError
 from xenapi_driver.simulator.registry import message
 from xenapi_driver.simulator.schema import NULL_REF, XDate
-from xenapi_driver.simulator.sr_backend import DiskInfo, FileSR, IsoSR, LunSR, SRBackendError
+from xenapi_driver.simulator.sr_backend import DiskInfo, FileSR, IsoSR, LunSR, SRBackendError, lun_scsi_id
 
 FILE_SR_TYPES = {"ext", "nfs", "file", "ext4", "local"}
 LUN_SR_TYPES = {"iscsi", "lvmoiscsi"}
@@ -1006,3 +1006,36 @@ def vdi_update(ctx, vdi_ref: str) -> None:
             disk = found[vdi["location"]]
             disk.uuid = vdi["uuid"]
     record_disk(ctx.db, vdi["SR"], disk)
+
+
+@message("SR.probe")
+def sr_probe(ctx, host, device_config, sr_type, sm_config) -> str:
+    """What an SR type finds at ``device_config``: for iSCSI the target's LUNs, as SM's XML."""
+    ctx.db.get("host", host)
+    config = dict(device_config or {})
+    if sr_type in LUN_SR_TYPES:
+        if not config.get("target"):
+            raise XapiError(
+                "SR_BACKEND_FAILURE_96", "", "The request is missing or has an incorrect target", ""
+            )
+        if not config.get("targetIQN"):
+            raise XapiError(
+                "SR_BACKEND_FAILURE_97",
+                "",
+                "The request is missing or has an incorrect target IQN parameter",
+                "",
+            )
+        backend = LunSR(iscsi_root(ctx.world), config["targetIQN"])
+        with backend_errors():
+            backend.check_attachable()
+        luns = []
+        for lun, path in sorted(backend.luns().items()):
+            luns.append(
+                "<LUN><vendor>SIMULATED</vendor><serial></serial>"
+                f"<LUNid>{lun}</LUNid><size>{path.stat().st_size}</size>"
+                f"<SCSIid>{lun_scsi_id(config['targetIQN'], lun)}</SCSIid></LUN>"
+            )
+        return '<?xml version="1.0" ?>\n<iscsi-target>' + "".join(luns) + "</iscsi-target>"
+    if sr_type in FILE_SR_TYPES:
+        return '<?xml version="1.0" ?>\n<SRlist></SRlist>'
+    raise XapiError("SR_UNKNOWN_DRIVER", sr_type)
