@@ -8,6 +8,7 @@ straight into the caller's buffer, so whole blocks cost one system call.
 
 from __future__ import annotations
 
+import mmap
 import os
 
 from . import format as fmt
@@ -16,22 +17,31 @@ from .image import VHDImage
 
 MAX_CHAIN_DEPTH = 256
 _ZEROS = bytes(fmt.BLOCK_SIZE)
-BUFFER_SIZE = fmt.BLOCK_SIZE + fmt.BITMAP_SIZE
-_POOL: list[bytearray] = []
+BUFFER_SIZE = fmt.BLOCK_SIZE + mmap.PAGESIZE  # a block plus its bitmap, in whole pages
+_POOL: list = []
+# Scratch for bytes read only to merge system calls; concurrent use is harmless.
+_TRASH = memoryview(mmap.mmap(-1, fmt.BLOCK_SIZE))
+_MAX_GAP = 256 * 1024
+_MAX_IOV = 500
 
 
-def take_buffer(size: int = BUFFER_SIZE) -> bytearray:
-    """A reusable scratch buffer (bytearray(n) zero-fills: too slow to do per block)."""
+def take_buffer(size: int = BUFFER_SIZE):
+    """A reusable, page-aligned scratch buffer of at least ``size`` bytes.
+
+    Page-cache copies into a page-aligned destination run markedly faster than
+    into a malloc'd bytearray (whose data starts mid-page), and reuse avoids
+    zero-filling 2 MiB per block.  Slice it to the length you need.
+    """
     if size <= BUFFER_SIZE:
         try:
             return _POOL.pop()  # atomic under the GIL: threads never share a buffer
         except IndexError:
-            return bytearray(BUFFER_SIZE)
+            return mmap.mmap(-1, BUFFER_SIZE)
     return bytearray(size)
 
 
-def give_buffer(buf: bytearray) -> None:
-    if len(buf) == BUFFER_SIZE and len(_POOL) < 8:
+def give_buffer(buf) -> None:
+    if isinstance(buf, mmap.mmap) and len(buf) == BUFFER_SIZE and len(_POOL) < 8:
         _POOL.append(buf)
 
 
@@ -168,11 +178,28 @@ class Chain:
                 if os.preadv(layer.fd, [out], base + lo) != hi - lo:
                     raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
                 return
-            for start, end in fmt.bit_runs(take):
-                a = max(start << fmt.SECTOR_SHIFT, lo)
-                b = min(end << fmt.SECTOR_SHIFT, hi)
-                if os.preadv(layer.fd, [out[a - lo : b - lo]], base + a) != b - a:
+            runs = [
+                (max(start << fmt.SECTOR_SHIFT, lo), min(end << fmt.SECTOR_SHIFT, hi))
+                for start, end in fmt.bit_runs(take)
+            ]
+            span_start, span_end = runs[0][0], runs[-1][1]
+            gaps = span_end - span_start - sum(b - a for a, b in runs)
+            if 1 < len(runs) <= _MAX_IOV and gaps <= _MAX_GAP:
+                # One system call for this layer: the holes between its runs (held by
+                # nearer layers) are read into a throw-away buffer.
+                iov = []
+                pos = span_start
+                for a, b in runs:
+                    if a > pos:
+                        iov.append(_TRASH[: a - pos])
+                    iov.append(out[a - lo : b - lo])
+                    pos = b
+                if os.preadv(layer.fd, iov, base + span_start) != span_end - span_start:
                     raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
+            else:
+                for a, b in runs:
+                    if os.preadv(layer.fd, [out[a - lo : b - lo]], base + a) != b - a:
+                        raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
             want &= ~take
         for start, end in fmt.bit_runs(want):
             a = max(start << fmt.SECTOR_SHIFT, lo)

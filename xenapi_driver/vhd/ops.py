@@ -8,7 +8,7 @@ import uuid as _uuid
 from dataclasses import dataclass
 
 from . import format as fmt
-from .chain import walk_chain
+from .chain import give_buffer, take_buffer, walk_chain
 from .errors import VHDChainError, VHDError, VHDFormatError, VHDNotFoundError
 from .image import VHDImage, pread_exact, pwrite_all
 
@@ -285,7 +285,7 @@ def coalesce(path: str) -> int:
         if grow:
             resize(parent_path, child.virtual_size)
         copied = 0
-        buf = bytearray(child.block_size)
+        buf = take_buffer(child.block_size)
         with VHDImage(parent_path, writable=True) as parent:
             for block in child.allocated_blocks():
                 bits = child.block_bits(block)
@@ -299,6 +299,7 @@ def coalesce(path: str) -> int:
                     parent.write_sectors(block * child.spb + start, view)
                     copied += n
             parent.fsync()
+        give_buffer(buf)
         return copied
 
 

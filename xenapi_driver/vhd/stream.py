@@ -122,7 +122,7 @@ def export_vhd_stream(path: str, out_fileobj, base_path: str | None = None) -> i
         buf = take_buffer(span)
         try:
             buf[: fmt.BITMAP_SIZE] = _FULL_BITMAP
-            with memoryview(buf) as view:
+            with memoryview(buf)[:span] as view:
                 for block in blocks:
                     start = block * bs
                     n = min(bs, size - start)
