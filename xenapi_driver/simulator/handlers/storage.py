@@ -238,8 +238,6 @@ def scan(pool, sr_ref: str, world=None) -> None:
     backend = backend_of(pool, sr_ref, world)
     with backend_errors():
         found = backend.scan()
-    if isinstance(backend, FileSR):
-        found = {k: v for k, v in found.items()}
     db = pool.db
     if isinstance(backend, IsoSR | LunSR):
         # Keep existing records' UUIDs: only the location identifies a disk on these SRs.
@@ -609,11 +607,7 @@ def sr_introduce(ctx, uuid, name_label, name_description, sr_type, content_type,
     except XapiError:
         existing = None
     if existing:
-        raise (
-            XapiError("SR_UUID_EXISTS", uuid)
-            if "SR_UUID_EXISTS" in _errors()
-            else XapiError("INVALID_VALUE", "uuid", uuid)
-        )
+        raise XapiError("SR_UUID_EXISTS", uuid)
     return _create_with_uuid(
         db,
         "SR",
@@ -813,13 +807,12 @@ def vbd_create(ctx, record: dict) -> str:
     vbd_type = record.get("type", "Disk") or "Disk"
     empty = bool(record.get("empty", False))
     mode = record.get("mode", "RW") or "RW"
+    if vbd_type == "CD" and mode == "RW":
+        raise XapiError("VBD_CDS_MUST_BE_READONLY")
     if is_null(vdi_ref):
-        if vbd_type != "CD" or not empty:
-            raise (
-                XapiError("VDI_MISSING", NULL_REF, NULL_REF)
-                if vbd_type != "CD"
-                else XapiError("HANDLE_INVALID", "VDI", vdi_ref)
-            )
+        if vbd_type != "CD":
+            raise XapiError("HANDLE_INVALID", "VDI", vdi_ref)
+        empty = True
     else:
         vdi = db.get("VDI", vdi_ref)
         empty = False
@@ -839,8 +832,6 @@ def vbd_create(ctx, record: dict) -> str:
         userdevice = str(n)
     elif userdevice in used:
         raise XapiError("DEVICE_ALREADY_EXISTS", userdevice)
-    if vm["power_state"] in VBD_RUNNING_STATES and not record.get("unpluggable", True):
-        pass
     with db.lock:
         ref = db.create(
             "VBD",
@@ -915,11 +906,7 @@ def vbd_unplug(ctx, vbd_ref: str) -> None:
         if not vbd["currently_attached"]:
             raise XapiError("DEVICE_ALREADY_DETACHED", vbd_ref)
         if not vbd["unpluggable"]:
-            raise (
-                XapiError("VBD_NOT_UNPLUGGABLE", vbd_ref)
-                if "VBD_NOT_UNPLUGGABLE" in _errors()
-                else XapiError("OPERATION_NOT_ALLOWED", "VBD is not unpluggable")
-            )
+            raise XapiError("VBD_NOT_UNPLUGGABLE", vbd_ref)
         detach_vbd(db, vbd_ref)
 
 

@@ -257,6 +257,9 @@ def host_sees_sr(db, host_ref: str, sr_ref: str) -> bool:
 
 
 def assert_can_boot_here(db, vm_ref: str, host_ref: str) -> None:
+    rec = db.get("VM", vm_ref)
+    if int(rec["VCPUs_at_startup"]) < 1:
+        raise XapiError("VM_NO_VCPUS", vm_ref)
     host = db.get("host", host_ref)
     if not host["enabled"]:
         raise XapiError("HOST_DISABLED", host_ref)
