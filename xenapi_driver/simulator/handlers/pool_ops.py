@@ -105,6 +105,8 @@ def _move(src_db, dst_db, objects: list[tuple[str, str]], remap: dict[str, str])
             elif kind.kind == "set" and kind.elem is not None and kind.elem.kind == "ref":
                 value = [remap.get(v, v) for v in value if v in keep or v in remap]
             fields[name] = value
+        if cls == "VBD" and fields.get("VDI") == NULL_REF:
+            fields["empty"] = True  # e.g. an ISO of the joiner's own library, which stays behind
         dst_db.create(cls, _ref=ref, **fields)
 
 
