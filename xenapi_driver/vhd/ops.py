@@ -203,12 +203,12 @@ def set_hidden(path: str, hidden: bool) -> None:
         image.write_footer()
 
 
-def set_uuid(path: str, new_uuid: str) -> None:
+def set_uuid(path: str, uuid: str) -> None:
     """Give the VHD a new unique id (children must then be re-parented onto it)."""
     try:
-        raw = _uuid.UUID(str(new_uuid)).bytes
+        raw = _uuid.UUID(str(uuid)).bytes
     except ValueError:
-        raise VHDError(f"{new_uuid!r} is not a valid UUID") from None
+        raise VHDError(f"{uuid!r} is not a valid UUID") from None
     if raw == bytes(16):
         raise VHDError("the VHD unique id must not be the null UUID")
     with VHDImage(path, writable=True) as image:
