@@ -215,6 +215,13 @@ def test_iscsi_sr_introduce_plug_scan(xapi, sim):
     assert (
         rec["sm_config"]["LUNid"] == "0" and rec["location"] == scsi and int(rec["virtual_size"]) == 8 * MiB
     )
+    lun_file = sim.world.iscsi_root / iqn / "lun0"
+    with open(lun_file, "r+b") as handle:
+        handle.write(b"LUN!" * 1024)
+    copy = xapi.VDI.copy(vdis[0], sim.pool.master.local_sr)
+    path = sim.pool.master.sr_path(sim.pool.master.local_sr_uuid) / f"{xapi.VDI.get_uuid(copy)}.vhd"
+    with vhd.open_chain(str(path)) as chain:
+        assert chain.read(0, 4096) == b"LUN!" * 1024
     xapi.PBD.unplug(pbd)
     xapi.SR.forget(sr)
     with pytest.raises(XenAPI.Failure):
