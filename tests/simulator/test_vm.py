@@ -336,3 +336,32 @@ def test_host_evacuate_moves_guests(xapi, sim):
     xapi.host.evacuate(h1)
     assert xapi.VM.get_resident_on(vm) not in (h1, NULL)
     xapi.VM.hard_shutdown(vm)
+
+
+def test_concurrent_starts_never_overcommit_a_host(xapi, sim, session):
+    import concurrent.futures
+
+    host = sim.pool.hosts[2].ref
+    free = int(xapi.host.compute_free_memory(host))
+    size = free // 3 - MiB
+    vms = [make_vm(xapi, f"race{i}", memory=size) for i in range(6)]
+
+    def start(vm):
+        s = XenAPI.Session(sim.url)
+        s.xenapi.login_with_password(sim.username, sim.password, "1.0", "race")
+        try:
+            s.xenapi.VM.start_on(vm, host, False, False)
+            return "ok"
+        except XenAPI.Failure as exc:
+            return exc.details[0]
+        finally:
+            s.xenapi.session.logout()
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(start, vms))
+    assert sorted(results) == ["HOST_NOT_ENOUGH_FREE_MEMORY"] * 3 + ["ok"] * 3
+    assert int(xapi.host.compute_free_memory(host)) >= 0
+    for vm in vms:
+        if xapi.VM.get_power_state(vm) == "Running":
+            xapi.VM.hard_shutdown(vm)
+    assert int(xapi.host.compute_free_memory(host)) == free
