@@ -30,7 +30,7 @@ from oslo_log import log as logging
 from nova import objects
 from nova.virt import driver
 from xenapi_driver import conf as _conf  # noqa: F401  (registers the [xenserver] options)
-from xenapi_driver import hostops, vmops
+from xenapi_driver import events, hostops, vmops
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -52,12 +52,17 @@ class XenAPIDriver(driver.ComputeDriver):
         supports_attach_interface=True,
     )
 
+    #: Seconds each ``event.from`` long-poll may block (bounds how long a
+    #: stopping watcher lingers; changes are still reported at once).
+    EVENT_POLL_TIMEOUT = 10.0
+
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi)
         self._read_only = read_only
         self._session = None
         self._vmops = None
         self._hostops = None
+        self._watcher = None
 
     # -- connection ---------------------------------------------------------
 
@@ -88,8 +93,17 @@ class XenAPIDriver(driver.ComputeDriver):
         if self._session is None:
             self._connect()
         self.hostops.init_host(host)
+        if self._watcher is None:
+            # Power changes made outside Nova reach it as lifecycle events.
+            self._watcher = events.PowerStateWatcher(
+                self._session, self.emit_event, poll_timeout=self.EVENT_POLL_TIMEOUT
+            )
+            self._watcher.start()
 
     def cleanup_host(self, host):
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop(timeout=0)  # ends when its poll returns; the session closes below
         session, self._session = self._session, None
         self._vmops = self._hostops = None
         if session is not None:

@@ -86,3 +86,13 @@ class BlankImageSource:
         )
         self.made.append(vdi)
         return vdi
+
+
+# Not costs of an operation: the power-state watcher's background long-poll,
+# and logging in a pooled session (once per connection, when the pool grows).
+_BACKGROUND = {"event.from", "session.login_with_password", "session.logout"}
+
+
+def xapi_calls(sim: Any) -> dict[str, int]:
+    """The simulator's call counts that an operation itself caused."""
+    return {m: n for m, n in sim.call_counts.items() if m not in _BACKGROUND and n}
