@@ -252,10 +252,17 @@ def walk(sim, src, dst, a, b):
     assert fails(a.VDI.get_record, suspend_vdi) == ["HANDLE_INVALID", "VDI", suspend_vdi]
     seen = events.take()
     assert events.seen(seen, "vdi", "del", suspend_vdi)
+    assert fails(a.VM.resume, vm, False, False) == ["VM_BAD_POWER_STATE", vm, "suspended", "running"]
 
     # --- migrate between the pool's hosts ---------------------------------------------------
     here = rec["resident_on"]
     there = [h for h in hosts if h != here][0]
+    assert fails(a.VM.pool_migrate, snap, there, {}) == ["VM_IS_TEMPLATE", snap]
+    assert fails(a.VM.pool_migrate, vm, "OpaqueRef:nowhere", {}) == [
+        "HANDLE_INVALID",
+        "host",
+        "OpaqueRef:nowhere",
+    ]
     old_domid = rec["domid"]
     a.VM.pool_migrate(vm, there, {"live": "true"})
     rec = a.VM.get_record(vm)
