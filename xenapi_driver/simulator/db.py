@@ -121,8 +121,9 @@ class Database:
                 if rec["uuid"] in self._uuids[cls]:
                     raise ValueError(f"{cls} with uuid {rec['uuid']} already exists")
                 self._uuids[cls][rec["uuid"]] = ref
-            # objects that already point at this one (created first) join its sets
-            for set_field, many, ref_field in self._rel_by_one.get(cls, ()):
+            # objects that already point at this one (possible only for a given ref,
+            # e.g. records moved between pools) join its sets
+            for set_field, many, ref_field in self._rel_by_one.get(cls, ()) if _ref else ():
                 members = [r for r, other in self._tables[many].items() if other.get(ref_field) == ref]
                 for m in members:
                     if m not in rec[set_field]:
