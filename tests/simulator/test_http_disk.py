@@ -139,3 +139,30 @@ def test_errors(xapi, sim, sid):
     big = io.BytesIO(os.urandom(3 * MiB)).getvalue()
     with pytest.raises(urllib.error.HTTPError):
         put(sim.url, sid, big, vdi=vdi, format="raw")  # larger than the disk
+
+
+def test_raw_import_and_export_of_an_iscsi_lun(xapi, sim, sid):
+    import uuid as uuidlib
+
+    from xenapi_driver.simulator import sr_backend
+
+    iqn = "iqn.2010-10.org.openstack:volume-http"
+    scsi = sr_backend.create_lun(sim.world.iscsi_root, iqn, 0, 2 * MiB)
+    sr = xapi.SR.introduce(str(uuidlib.uuid4()), "vol", "", "iscsi", "", False, {})
+    config = {"target": "127.0.0.1", "targetIQN": iqn, "SCSIid": scsi}
+    pbd = xapi.PBD.create(
+        {"host": sim.pool.master.ref, "SR": sr, "device_config": config, "other_config": {}}
+    )
+    xapi.PBD.plug(pbd)
+    xapi.SR.scan(sr)
+    (vdi,) = xapi.SR.get_VDIs(sr)
+    data = os.urandom(MiB)
+    put(sim.url, sid, data, vdi=vdi, format="raw")
+    body, _ = get(sim.url, sid, vdi=vdi, format="raw")
+    assert body[:MiB] == data and len(body) == 2 * MiB
+    with pytest.raises(urllib.error.HTTPError):
+        put(sim.url, sid, os.urandom(3 * MiB), vdi=vdi, format="raw")
+    with pytest.raises(urllib.error.HTTPError):
+        put(sim.url, sid, b"x" * 512, vdi=vdi, format="vhd")
+    xapi.PBD.unplug(pbd)
+    xapi.SR.forget(sr)

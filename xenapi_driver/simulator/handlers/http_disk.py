@@ -9,6 +9,7 @@ that cannot see the VDI's SR answers 302 to one that can, like XAPI.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -169,6 +170,18 @@ class _Chunks:
         return len(data)
 
 
+def _write_lun(body, path: str) -> None:
+    """Raw data straight onto a LUN file, which never grows (like a block device)."""
+    with open(path, "r+b") as lun:
+        size = os.fstat(lun.fileno()).st_size
+        written = 0
+        while chunk := body.read(1024 * 1024):
+            if written + len(chunk) > size:
+                raise ValueError(f"the image is larger than the LUN ({size} bytes)")
+            lun.write(chunk)
+            written += len(chunk)
+
+
 def _fail_after_partial_read(ctx, request, body, error: XapiError) -> None:
     """Drain what is left of the body and answer 500 ourselves, so the connection stays sane.
 
@@ -197,8 +210,9 @@ def import_raw_vdi(ctx, request) -> str | None:
     if _redirect_if_blind(ctx, request, vdi_ref):
         return None
     backend, vdi = storage.vdi_backend(ctx.pool, vdi_ref, ctx.world)
-    if not isinstance(backend, storage.FileSR):
-        raise XapiError("VDI_INCOMPATIBLE_TYPE", vdi_ref, "import needs a VHD-backed VDI")
+    is_vhd = isinstance(backend, storage.FileSR)
+    if not is_vhd and (fmt != "raw" or not isinstance(backend, storage.LunSR)):
+        raise XapiError("VDI_INCOMPATIBLE_TYPE", vdi_ref, "only raw data can be imported into a LUN")
     if vdi["read_only"] or not vdi["managed"]:
         raise XapiError("VDI_READONLY", vdi_ref)
     if any(db.get("VBD", v)["currently_attached"] and db.get("VBD", v)["mode"] == "RW" for v in vdi["VBDs"]):
@@ -216,14 +230,16 @@ def import_raw_vdi(ctx, request) -> str | None:
         try:
             if fmt == "vhd":
                 vhd.import_vhd_stream(body, path)
-            else:
+            elif is_vhd:
                 vhd.import_raw(body, path)
+            else:
+                _write_lun(body, path)
         except (vhd.VHDError, ValueError, OSError) as exc:
             error = XapiError("VDI_IO_ERROR", f"import of {fmt} data into the VDI failed: {exc}")
             _fail_after_partial_read(ctx, request, body, error)
             raise error from None
-        disk = backend.info(vdi["location"])
-    storage.record_disk(db, vdi["SR"], disk)
+    if is_vhd:
+        storage.record_disk(db, vdi["SR"], backend.info(vdi["location"]))
     storage.refresh_sr(ctx.pool, vdi["SR"], ctx.world)
     if ctx.task:  # finished before the client sees the response, as XAPI does
         tasks.succeed(db, ctx.task, vdi_ref)
