@@ -191,3 +191,11 @@ def test_help_documents_exit_codes():
     for action in ("wait-ready", "run-script", "pre-snapshot", "wait-down"):
         assert action in text
     assert "3 host key mismatch" in text and "4 remote script failed" in text
+
+
+@pytest.mark.timeout(60)
+def test_wait_down_on_a_stopped_host(sshd):
+    sshd.stop()
+    code, events, err = _run("host", "wait-down", sshd.host, "--port", str(sshd.port), "--timeout", "10")
+    assert code == 0, err
+    assert [(e["phase"], e["state"]) for e in events] == [("wait-down", "started"), ("wait-down", "down")]

@@ -172,7 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     host = subparsers.add_parser(
         "host",
         help="Host readiness and CI-node preparation over SSH.",
-        description=__doc__.split("\n\n", 1)[0],
+        description="Host readiness and CI-node preparation over SSH.",
         epilog=EPILOG,
     )
     actions = host.add_subparsers(dest="host_command", metavar="ACTION")
@@ -222,7 +222,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--halt-timeout",
         type=_seconds,
         default=DEFAULT_HALT_TIMEOUT,
-        help=f"time allowed for the script and the halt (default {DEFAULT_HALT_TIMEOUT:g}s)",
+        help="time from the start of the script until the host stops answering SSH "
+        f"(default {DEFAULT_HALT_TIMEOUT:g}s)",
     )
     snap.add_argument(
         "--settle", type=_non_negative, default=0.0, help="extra seconds to wait after SSH went away"
