@@ -348,3 +348,35 @@ def test_diagnostics(drv: XenAPIDriver) -> None:
     assert diags.state == "running"
     assert diags.driver == "xenapi"
     assert diags.memory_details.maximum == 512
+
+
+def test_toolstack_restart_before_reboot_recovers(drv: XenAPIDriver, sim: Any) -> None:
+    inst = flavored_instance(ephemeral_gb=0, swap=0)
+    spawn(drv, inst)
+    sim.restart_toolstack()  # every pooled session is now invalid
+    drv.reboot(None, inst, None, "HARD")
+    assert state(drv, inst) == power_state.RUNNING
+
+
+def test_toolstack_restart_during_soft_reboot_recovers(drv: XenAPIDriver, sim: Any) -> None:
+    inst = flavored_instance(ephemeral_gb=0, swap=0)
+    spawn(drv, inst)
+    # Sessions die and XAPI drops a connection while the soft reboot's task runs.
+    sim.restart_toolstack()
+    sim.faults.drop_connections(1, method="task.get_status")
+    sim.reset_call_counts()
+    drv.reboot(None, inst, None, "SOFT")
+    assert not sim.faults.take_drop("task.get_status"), "the dropped connection was never hit"
+    assert sim.call_counts["Async.VM.clean_reboot"] == 1
+    assert state(drv, inst) == power_state.RUNNING
+
+
+def test_soft_reboot_interrupted_falls_back_to_hard(drv: XenAPIDriver, sim: Any) -> None:
+    inst = flavored_instance(ephemeral_gb=0, swap=0)
+    spawn(drv, inst)
+    # XAPI restarted under the task: it reports the task failed.
+    sim.faults.fail_next("VM.clean_reboot", "INTERNAL_ERROR", "xapi restarted")
+    sim.reset_call_counts()
+    drv.reboot(None, inst, None, "SOFT")
+    assert sim.call_counts["VM.hard_reboot"] == 1
+    assert state(drv, inst) == power_state.RUNNING
