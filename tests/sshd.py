@@ -9,8 +9,13 @@ read or changed (apart from creating the privilege-separation directory
 ``/run/sshd`` when it is missing, which sshd insists on).
 
 It can play a host's life cycle: ``stop()`` / ``start()`` is a reboot (every
-session is killed, the port is kept), ``regenerate_host_key()`` is a
-reinstall (a new host key, so clients see a changed key).
+session is killed abruptly, the port is kept), ``regenerate_host_key()`` is a
+reinstall (a new host key, so clients see a changed key), ``freeze()`` /
+``thaw()`` is a hung host (TCP connects, nothing answers).
+
+Sessions run with ``SHLVL=1`` so bash skips the machine's ``~/.bashrc`` (which
+may block); commands run as the user running the tests (root here), whose
+login shell runs them.
 
 Usage::
 
@@ -19,7 +24,11 @@ Usage::
                        key_filename=server.client_key_path)
 
 Other test areas may import it (``from tests.sshd import LoopbackSSHServer``)
-and build their own pytest fixture on it.
+and build their own pytest fixture on it; ``tests/readiness/conftest.py``
+has an example (``sshd`` fixture). Properties: ``host``, ``port``,
+``username``, ``host_key_path``, ``client_key_path``, ``authorized_keys_path``,
+``known_hosts_line``, ``host_key_fingerprint``; ``write_known_hosts(path)``;
+``log_text()`` for assertion messages.
 """
 
 from __future__ import annotations
@@ -211,7 +220,10 @@ class LoopbackSSHServer:
         """Start sshd and return once it answers with an SSH banner."""
         if self.running:
             return
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
+        try:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
+        except OSError:
+            pass  # not root: sshd says what it misses in its log
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - kept open while sshd runs
         self._process = subprocess.Popen(
             [SSHD_BINARY, "-D", "-e", "-f", self.config_path],
