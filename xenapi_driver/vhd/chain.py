@@ -178,6 +178,18 @@ class Chain:
                 if os.preadv(layer.fd, [out], base + lo) != hi - lo:
                     raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
                 return
+            low = take & -take
+            top = take + low
+            if not top & take:
+                # A single run of sectors (the usual case): no run list to build.
+                a = max((low.bit_length() - 1) << fmt.SECTOR_SHIFT, lo)
+                b = min((top.bit_length() - 1) << fmt.SECTOR_SHIFT, hi)
+                if os.preadv(layer.fd, [out[a - lo : b - lo]], base + a) != b - a:
+                    raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
+                want ^= take
+                if not want:
+                    return
+                continue
             runs = [
                 (max(start << fmt.SECTOR_SHIFT, lo), min(end << fmt.SECTOR_SHIFT, hi))
                 for start, end in fmt.bit_runs(take)
@@ -200,7 +212,9 @@ class Chain:
                 for a, b in runs:
                     if os.preadv(layer.fd, [out[a - lo : b - lo]], base + a) != b - a:
                         raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
-            want &= ~take
+            want ^= take
+            if not want:
+                return
         for start, end in fmt.bit_runs(want):
             a = max(start << fmt.SECTOR_SHIFT, lo)
             b = min(end << fmt.SECTOR_SHIFT, hi)
