@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+
 import paramiko
+import pytest
 
 
 def _connect(server, known_hosts_path) -> paramiko.SSHClient:
@@ -58,3 +63,50 @@ def test_stop_refuses_connections(sshd):
     sshd.stop()
     assert not sshd.running
     assert not sshd._answers_banner()
+
+
+def _pids_running(command_line: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if handle.read().replace(b"\0", b" ").strip() == command_line.encode():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_stop_kills_what_sessions_left_running(sshd, tmp_path):
+    """A reboot ends everything, even a daemonised process whose session is gone."""
+    client = _connect(sshd, sshd.write_known_hosts(tmp_path / "known_hosts"))
+    marker = "sleep 271.5"
+    try:
+        _, stdout, _ = client.exec_command(
+            f"setsid nohup {marker} >/dev/null 2>&1 < /dev/null & echo ok", timeout=10
+        )
+        assert stdout.read() == b"ok\n"
+    finally:
+        client.close()
+    deadline = time.monotonic() + 10
+    while not _pids_running(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pids_running(marker)
+    sshd.stop()
+    deadline = time.monotonic() + 10
+    while _pids_running(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pids_running(marker)
+
+
+def test_frozen_server_accepts_tcp_but_sends_no_banner(sshd):
+    sshd.freeze()
+    try:
+        with socket.create_connection((sshd.host, sshd.port), timeout=5) as sock:
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(64)
+    finally:
+        sshd.thaw()
+    assert sshd._answers_banner()
