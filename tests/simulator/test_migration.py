@@ -259,3 +259,54 @@ def test_storage_xenmotion_copy_within_pool(world, sessions):
     assert x.VDI.get_SR(disk) == h0.local_sr
     (new_vif,) = x.VM.get_VIFs(new_vm)
     assert x.VIF.get_network(new_vif) == x.VIF.get_network(vif)
+
+
+def _attach_lun_sr(x, host_ref, iqn, scsi):
+    import uuid as uuidlib
+
+    sr = x.SR.introduce(str(uuidlib.uuid4()), "volume", "", "iscsi", "", False, {})
+    config = {"target": "127.0.0.1", "port": "3260", "targetIQN": iqn, "SCSIid": scsi}
+    pbd = x.PBD.create({"host": host_ref, "SR": sr, "device_config": config, "other_config": {}})
+    x.PBD.plug(pbd)
+    x.SR.scan(sr)
+    return sr
+
+
+def test_storage_xenmotion_reuses_a_volume_both_pools_see(world, sessions):
+    from xenapi_driver.simulator import sr_backend
+
+    x, y = sessions[0].xenapi, sessions[1].xenapi
+    h0 = world.pools[0].hosts[0]
+    dhost = world.pools[1].hosts[0]
+    iqn = "iqn.2010-10.org.openstack:volume-sxm"
+    scsi = sr_backend.create_lun(world.world.iscsi_root, iqn, 0, 4 * MiB)
+    lun = world.world.iscsi_root / iqn / "lun0"
+    with open(lun, "r+b") as handle:
+        handle.write(b"volume data")
+    src_sr = _attach_lun_sr(x, h0.ref, iqn, scsi)
+    (volume,) = x.SR.get_VDIs(src_sr)
+    vm = make_vm(x, "with-volume")
+    root = add_disk(x, vm, h0.local_sr)
+    x.VBD.create(
+        {
+            "VM": vm,
+            "VDI": volume,
+            "userdevice": "1",
+            "bootable": False,
+            "mode": "RW",
+            "type": "Disk",
+            "empty": False,
+            "other_config": {},
+            "qos_algorithm_type": "",
+            "qos_algorithm_params": {},
+        }
+    )
+    x.VM.start_on(vm, h0.ref, False, False)
+    dst_sr = _attach_lun_sr(y, dhost.ref, iqn, scsi)
+    dest = y.host.migrate_receive(dhost.ref, y.network.get_all()[0], {})
+    new_vm = x.VM.migrate_send(vm, dest, True, {root: dhost.local_sr, volume: dst_sr}, {}, {})
+    vdis = {y.VBD.get_userdevice(v): y.VBD.get_VDI(v) for v in y.VM.get_VBDs(new_vm)}
+    assert y.VDI.get_SR(vdis["1"]) == dst_sr and y.VDI.get_location(vdis["1"]) == scsi
+    assert y.VM.get_power_state(new_vm) == "Running"
+    assert lun.read_bytes().startswith(b"volume data")  # the LUN was neither copied nor wiped
+    y.VM.hard_shutdown(new_vm)

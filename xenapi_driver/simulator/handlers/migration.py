@@ -203,10 +203,16 @@ def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
     ddb = dest_pool.db
     rec = db.record("VM", vm_ref)
     new_vdis: dict[str, str] = {}
+    shared: set[str] = set()
     total = max(len(plan.vdi_targets), 1)
     try:
         for i, (vdi, sr) in enumerate(plan.vdi_targets.items()):
-            new_vdis[vdi] = storage.copy_vdi(ctx.pool, vdi, dest_pool, sr, world=ctx.world)
+            same = _same_lun(ctx, vdi, dest_pool, sr)
+            if same is not None:
+                new_vdis[vdi] = same
+                shared.add(same)
+            else:
+                new_vdis[vdi] = storage.copy_vdi(ctx.pool, vdi, dest_pool, sr, world=ctx.world)
             ctx.set_progress(0.8 * (i + 1) / total)
         new_vm = _copy_vm_record(ctx, vm_ref, ddb, plan, new_vdis, keep_uuid=not copy)
         for snap in plan.snapshots:
@@ -218,7 +224,7 @@ def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
                 ddb.set("VDI", new, "snapshot_of", new_vdis[origin])
     except BaseException:
         for new in new_vdis.values():
-            if ddb.exists("VDI", new):
+            if new not in shared and ddb.exists("VDI", new):
                 _destroy_in(dest_pool, new)
         raise
     state = rec["power_state"]
@@ -235,6 +241,21 @@ def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
         _destroy_source(ctx, vm_ref, plan)
     ctx.set_progress(1.0)
     return new_vm
+
+
+def _same_lun(ctx, vdi_ref: str, dest_pool, sr_ref: str) -> str | None:
+    """A volume the destination already sees (same LUN) is not copied: XAPI reuses its VDI."""
+    db, ddb = ctx.db, dest_pool.db
+    src_type = db.get("SR", db.get("VDI", vdi_ref)["SR"])["type"]
+    if src_type not in storage.LUN_SR_TYPES or ddb.get("SR", sr_ref)["type"] not in storage.LUN_SR_TYPES:
+        return None
+    location = db.get("VDI", vdi_ref)["location"]
+    for _ in range(2):
+        for ref in ddb.get("SR", sr_ref)["VDIs"]:
+            if ddb.get("VDI", ref)["location"] == location:
+                return ref
+        storage.scan(dest_pool, sr_ref, ctx.world)
+    raise XapiError("VDI_MISSING", sr_ref, vdi_ref)
 
 
 def _copy_vm_record(ctx, vm_ref: str, ddb, plan: Plan, new_vdis: dict[str, str], *, keep_uuid: bool) -> str:
