@@ -80,9 +80,17 @@ class _Undo:
         self._actions.clear()
 
 
+def _field(instance: Any, name: str, default: Any = None) -> Any:
+    """An instance attribute if it is loaded, else ``default`` (never a lazy load)."""
+    is_set = getattr(instance, "obj_attr_is_set", None)
+    if is_set is not None:
+        return getattr(instance, name) if is_set(name) else default
+    return getattr(instance, name, default)
+
+
 def _flavor(instance: Any) -> dict[str, int]:
     """Memory, vCPUs and disk sizes from the instance's flavor."""
-    flavor = getattr(instance, "flavor", None)
+    flavor = _field(instance, "flavor")
     src = flavor if flavor is not None else instance
     return {
         "memory_mb": int(src.memory_mb),
@@ -203,7 +211,7 @@ class VMOps:
         platform = {"acpi": "1", "apic": "true", "pae": "true", "nx": "true", "timeoffset": "0"}
         if not pv:
             platform["device-model"] = "qemu-upstream-compat"
-            if str(getattr(instance, "os_type", "") or "").lower() == "windows":
+            if str(_field(instance, "os_type") or "").lower() == "windows":
                 platform["viridian"] = "true"
         return {
             "name_label": instance.name,
@@ -312,7 +320,7 @@ class VMOps:
     @staticmethod
     def _xenstore_data(instance: Any, network_info: Any) -> dict[str, str]:
         """What the guest reads under ``vm-data/`` (hostname, networking, metadata)."""
-        data = {"vm-data/hostname": str(getattr(instance, "hostname", "") or instance.name)}
+        data = {"vm-data/hostname": str(_field(instance, "hostname") or instance.name)}
         for vif in network_info or []:
             mac = vif["address"]
             ips = []
@@ -336,7 +344,7 @@ class VMOps:
                 },
                 sort_keys=True,
             )
-        metadata = getattr(instance, "metadata", None) or {}
+        metadata = _field(instance, "metadata") or {}
         for key, value in dict(metadata).items():
             data[f"vm-data/user-metadata/{key}"] = json.dumps(value)
         return data
