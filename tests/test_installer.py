@@ -7,7 +7,6 @@ like a dom0 (/etc/xensource-inventory, /var/run/sr-mount/<local SR>).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -94,8 +93,17 @@ def run_cli(dom0_list, known_hosts, *extra, roots=None) -> int:
     known_hosts.write_text("".join(d.server.known_hosts_line + "\n" for d in dom0_list))
     root = roots or str(dom0_list[0].root.parent / "{port}-root")
     return main(
-        ["install-plugins", *[d.target for d in dom0_list], "--identity", dom0_list[0].server.client_key_path,
-         "--known-hosts", str(known_hosts), "--target-root", root, *extra]
+        [
+            "install-plugins",
+            *[d.target for d in dom0_list],
+            "--identity",
+            dom0_list[0].server.client_key_path,
+            "--known-hosts",
+            str(known_hosts),
+            "--target-root",
+            root,
+            *extra,
+        ]
     )
 
 
@@ -121,7 +129,9 @@ def test_install_lays_out_dom0_and_is_idempotent(dom0s, known_hosts, capsys):
         assert mode == (0o644 if source.name.endswith(".py") else 0o755), source.name
     assert os.readlink(dom0.root / "images") == f"var/run/sr-mount/{dom0.sr_uuid}/os-images"
     assert (dom0.root / "images").resolve() == dom0.root / f"var/run/sr-mount/{dom0.sr_uuid}/os-images"
-    assert (dom0.root / "boot/guest").resolve() == dom0.root / f"var/run/sr-mount/{dom0.sr_uuid}/os-guest-kernels"
+    assert (
+        dom0.root / "boot/guest"
+    ).resolve() == dom0.root / f"var/run/sr-mount/{dom0.sr_uuid}/os-guest-kernels"
     # second run: nothing to do
     assert run_cli([dom0], known_hosts) == 0
     assert "up to date" in capsys.readouterr().out
@@ -163,8 +173,18 @@ def test_unknown_host_key_is_refused(dom0s, tmp_path, capsys):
     dom0 = dom0s()
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    code = main(["install-plugins", dom0.target, "-i", dom0.server.client_key_path, "--known-hosts", str(empty),
-                 "--target-root", str(dom0.root)])
+    code = main(
+        [
+            "install-plugins",
+            dom0.target,
+            "-i",
+            dom0.server.client_key_path,
+            "--known-hosts",
+            str(empty),
+            "--target-root",
+            str(dom0.root),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "host key unknown" in err and "ssh-keyscan" in err
@@ -175,8 +195,18 @@ def test_changed_host_key_is_refused(dom0s, known_hosts, capsys):
     dom0 = dom0s()
     known_hosts.write_text(dom0.server.known_hosts_line + "\n")
     dom0.server.regenerate_host_key()
-    code = main(["install-plugins", dom0.target, "-i", dom0.server.client_key_path, "--known-hosts",
-                 str(known_hosts), "--target-root", str(dom0.root)])
+    code = main(
+        [
+            "install-plugins",
+            dom0.target,
+            "-i",
+            dom0.server.client_key_path,
+            "--known-hosts",
+            str(known_hosts),
+            "--target-root",
+            str(dom0.root),
+        ]
+    )
     assert code == 1
     assert "host key changed" in capsys.readouterr().err
 
@@ -185,8 +215,18 @@ def test_refused_key(dom0s, known_hosts, tmp_path, capsys):
     dom0 = dom0s()
     other = LoopbackSSHServer(workdir=tmp_path / "other-keys")  # only used for its client key
     known_hosts.write_text(dom0.server.known_hosts_line + "\n")
-    code = main(["install-plugins", dom0.target, "-i", other.client_key_path, "--known-hosts", str(known_hosts),
-                 "--target-root", str(dom0.root)])
+    code = main(
+        [
+            "install-plugins",
+            dom0.target,
+            "-i",
+            other.client_key_path,
+            "--known-hosts",
+            str(known_hosts),
+            "--target-root",
+            str(dom0.root),
+        ]
+    )
     other.cleanup()
     assert code == 1
     assert "key was refused" in capsys.readouterr().err
@@ -196,14 +236,24 @@ def test_unreachable_host(tmp_path, known_hosts, capsys):
     from tests.sshd import free_port
 
     known_hosts.write_text("")
-    code = main(["install-plugins", f"root@127.0.0.1:{free_port()}", "--known-hosts", str(known_hosts),
-                 "--timeout", "5"])
+    code = main(
+        [
+            "install-plugins",
+            f"root@127.0.0.1:{free_port()}",
+            "--known-hosts",
+            str(known_hosts),
+            "--timeout",
+            "5",
+        ]
+    )
     assert code == 1
     assert "unreachable" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"inventory": False}, "xensource-inventory"),
-                                                 ({"with_xe": False}, "'xe' command is missing")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"inventory": False}, "xensource-inventory"), ({"with_xe": False}, "'xe' command is missing")],
+)
 def test_not_a_xapi_dom0(dom0s, known_hosts, capsys, kwargs, message):
     dom0 = dom0s(**kwargs)
     _link_roots([dom0])
@@ -255,8 +305,15 @@ def test_verify_version_through_the_simulators_xapi(tmp_path, capsys):
             password_file = tmp_path / "pw"
             password_file.write_text(sim.password)
             known = tmp_path / "kh"
-            code = run_cli([dom0], known, "--xapi-url", sim.url, "--xapi-password-file", str(password_file),
-                           roots=str(host.root))
+            code = run_cli(
+                [dom0],
+                known,
+                "--xapi-url",
+                sim.url,
+                "--xapi-password-file",
+                str(password_file),
+                roots=str(host.root),
+            )
             out = capsys.readouterr()
             assert code == 0, out.err
             assert f"XAPI reports plug-in version {installer.plugin_version()}" in out.out

@@ -22,7 +22,6 @@ import os
 import posixpath
 import re
 import shlex
-import socket
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -187,7 +186,7 @@ class HostInstaller:
                     f"add it, e.g. ssh-keyscan -p {target.port} {target.host} >> {known_hosts}"
                 ) from None
             raise InstallerError(f"{target}: SSH failed: {exc}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise InstallerError(
                 f"{target}: unreachable (no answer on port {target.port} within {options.timeout:g}s)"
             ) from None
@@ -218,12 +217,14 @@ class HostInstaller:
             stdout = channel.makefile("rb").read().decode("utf-8", "replace")
             stderr = channel.makefile_stderr("rb").read().decode("utf-8", "replace")
             status = channel.recv_exit_status()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise InstallerError(f"{self.target}: command timed out: {command}") from None
         finally:
             channel.close()
         if check and status != 0:
-            raise InstallerError(f"{self.target}: '{command}' failed ({status}): {(stderr or stdout).strip()}")
+            raise InstallerError(
+                f"{self.target}: '{command}' failed ({status}): {(stderr or stdout).strip()}"
+            )
         return status, stdout, stderr
 
     # --------------------------------------------------------------- checks
@@ -390,17 +391,23 @@ def establish_trust(installers: list[HostInstaller]) -> None:
                     f"{source.target.host}'s root key",
                 )
             source.ensure_line(
-                "/root/.ssh/known_hosts", destination.host_key_line or "", f"{destination.target.host}'s host key"
+                "/root/.ssh/known_hosts",
+                destination.host_key_line or "",
+                f"{destination.target.host}'s host key",
             )
 
 
-def verify_version(targets: Iterable[Target], options: Options, expected: str, say: Callable[[str], None]) -> None:
+def verify_version(
+    targets: Iterable[Target], options: Options, expected: str, say: Callable[[str], None]
+) -> None:
     """Ask XAPI to run dom0_plugin_version.get_version on each host and compare."""
     import XenAPI
 
     session = XenAPI.Session(options.xapi_url)
     try:
-        session.xenapi.login_with_password(options.xapi_username, options.xapi_password or "", "1.0", ORIGINATOR)
+        session.xenapi.login_with_password(
+            options.xapi_username, options.xapi_password or "", "1.0", ORIGINATOR
+        )
     except XenAPI.Failure as exc:
         raise InstallerError(f"XAPI at {options.xapi_url} refused the login: {exc.details[0]}") from None
     except OSError as exc:
@@ -408,7 +415,9 @@ def verify_version(targets: Iterable[Target], options: Options, expected: str, s
     try:
         records = session.xenapi.host.get_all_records()
         for target in targets:
-            matches = [ref for ref, rec in records.items() if target.host in (rec["address"], rec["hostname"])]
+            matches = [
+                ref for ref, rec in records.items() if target.host in (rec["address"], rec["hostname"])
+            ]
             if not matches and len(records) == 1:
                 matches = list(records)
             if not matches:
@@ -416,7 +425,9 @@ def verify_version(targets: Iterable[Target], options: Options, expected: str, s
             try:
                 got = session.xenapi.host.call_plugin(matches[0], "dom0_plugin_version", "get_version", {})
             except XenAPI.Failure as exc:
-                raise InstallerError(f"{target}: XAPI could not run the version plug-in: {exc.details}") from None
+                raise InstallerError(
+                    f"{target}: XAPI could not run the version plug-in: {exc.details}"
+                ) from None
             if got.strip().strip('"') != expected:
                 raise InstallerError(f"{target}: XAPI reports plug-in version {got!r}, expected {expected}")
             say(f"[{target}] XAPI reports plug-in version {got} (as expected)")

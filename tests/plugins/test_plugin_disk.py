@@ -41,8 +41,15 @@ def kernel_vdi(dom0):
 def test_copy_kernel_out_of_a_vhd_chain(dom0, kernel_vdi):
     leaf, kernel = kernel_vdi
     result = json.loads(
-        call(dom0, "kernel", "copy_vdi", sr_path=sr_arg(dom0), vdi_uuid=leaf, size=str(len(kernel)),
-             max_size=str(16 * MiB))
+        call(
+            dom0,
+            "kernel",
+            "copy_vdi",
+            sr_path=sr_arg(dom0),
+            vdi_uuid=leaf,
+            size=str(len(kernel)),
+            max_size=str(16 * MiB),
+        )
     )
     assert result == {"filename": f"/boot/guest/{leaf}", "cached": False}
     assert dom0.path(result["filename"]).read_bytes() == kernel
@@ -58,7 +65,9 @@ def test_copy_raw_vdi_and_cached_image(dom0):
     data = os.urandom(100_000)
     (dom0.sr_path() / f"{vdi}.raw").write_bytes(data + b"\0" * 1000)
     image = str(uuid.uuid4())
-    args = dict(sr_path=sr_arg(dom0), vdi_uuid=vdi, size=str(len(data)), max_size="200000", cached_image=image)
+    args = dict(
+        sr_path=sr_arg(dom0), vdi_uuid=vdi, size=str(len(data)), max_size="200000", cached_image=image
+    )
     assert json.loads(call(dom0, "kernel", "copy_vdi", **args))["cached"] is False
     assert dom0.path(f"/boot/guest/{image}").read_bytes() == data
     assert json.loads(call(dom0, "kernel", "copy_vdi", **args))["cached"] is True
@@ -67,16 +76,30 @@ def test_copy_raw_vdi_and_cached_image(dom0):
 def test_kernel_larger_than_max_is_refused(dom0, kernel_vdi):
     leaf, kernel = kernel_vdi
     with pytest.raises(XapiError) as err:
-        call(dom0, "kernel", "copy_vdi", sr_path=sr_arg(dom0), vdi_uuid=leaf, size=str(len(kernel)),
-             max_size=str(MiB))
+        call(
+            dom0,
+            "kernel",
+            "copy_vdi",
+            sr_path=sr_arg(dom0),
+            vdi_uuid=leaf,
+            size=str(len(kernel)),
+            max_size=str(MiB),
+        )
     assert err.value.details == ["TOO_LARGE", "kernel/ramdisk", str(len(kernel)), str(MiB)]
     assert os.listdir(dom0.path("/boot/guest")) == []
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("vdi_uuid", "../x"), ("size", "0"), ("size", "-5"), ("max_size", "1e9"), ("cached_image", "../../etc/passwd"),
-     ("cached_image", "a;b"), ("sr_path", "/boot/guest")],
+    [
+        ("vdi_uuid", "../x"),
+        ("size", "0"),
+        ("size", "-5"),
+        ("max_size", "1e9"),
+        ("cached_image", "../../etc/passwd"),
+        ("cached_image", "a;b"),
+        ("sr_path", "/boot/guest"),
+    ],
 )
 def test_copy_vdi_bad_arguments(dom0, kernel_vdi, name, value):
     leaf, _ = kernel_vdi
@@ -88,7 +111,9 @@ def test_copy_vdi_bad_arguments(dom0, kernel_vdi, name, value):
     assert os.listdir(dom0.path("/boot/guest")) == []
 
 
-@pytest.mark.parametrize("path", ["/boot/guest/../../etc/passwd", "/etc/passwd", "/boot/guest", "/boot/guest/a/b"])
+@pytest.mark.parametrize(
+    "path", ["/boot/guest/../../etc/passwd", "/etc/passwd", "/boot/guest", "/boot/guest/a/b"]
+)
 def test_remove_refuses_paths_outside_boot_guest(dom0, path):
     victim = dom0.path("/etc/passwd")
     victim.write_text("root:x:0:0")
@@ -127,17 +152,30 @@ def _sfdisk_view(path):
 def test_make_and_resize_partition(dom0, disk):
     total = 64 * MiB // 512
     parts = json.loads(call(dom0, "partition_utils", "make_partition", dev="xvdb"))
-    assert parts == [{"number": 1, "start": 2048, "size": total - 2048, "end": total - 1, "type": "83", "bootable": False}]
+    assert parts == [
+        {"number": 1, "start": 2048, "size": total - 2048, "end": total - 1, "type": "83", "bootable": False}
+    ]
     assert _sfdisk_view(disk) == [(1, 0x83, 2048, total - 2048, 0)]
     assert disk.read_bytes()[:11] == b"\xeb\x63\x90BOOTCODE"
-    parts = json.loads(call(dom0, "partition_utils", "resize_partition", dev="/dev/xvdb", number="1", size="40000"))
+    parts = json.loads(
+        call(dom0, "partition_utils", "resize_partition", dev="/dev/xvdb", number="1", size="40000")
+    )
     assert parts[0]["size"] == 40000
     assert _sfdisk_view(disk) == [(1, 0x83, 2048, 40000, 0)]
     assert json.loads(call(dom0, "partition_utils", "get_partitions", dev="xvdb")) == parts
 
 
 def test_make_partition_with_type_and_boot_flag(dom0, disk):
-    call(dom0, "partition_utils", "make_partition", dev="xvdb", start="63", size="1000", type="0c", bootable="true")
+    call(
+        dom0,
+        "partition_utils",
+        "make_partition",
+        dev="xvdb",
+        start="63",
+        size="1000",
+        type="0c",
+        bootable="true",
+    )
     assert _sfdisk_view(disk) == [(1, 0x0C, 63, 1000, 0x80)]
 
 
@@ -153,7 +191,9 @@ def test_partition_must_fit(dom0, disk):
     assert err.value.code == "NOT_FOUND"
 
 
-@pytest.mark.parametrize("dev", ["../etc/passwd", "/etc/passwd", "/dev/../etc/passwd", "xvdb; reboot", "/dev/nope"])
+@pytest.mark.parametrize(
+    "dev", ["../etc/passwd", "/etc/passwd", "/dev/../etc/passwd", "xvdb; reboot", "/dev/nope"]
+)
 def test_partition_bad_device(dom0, disk, dev):
     with pytest.raises(XapiError) as err:
         call(dom0, "partition_utils", "make_partition", dev=dev)

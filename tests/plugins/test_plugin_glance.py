@@ -109,8 +109,17 @@ def test_upload_chain_then_download_round_trip(hosts, glance):
     chain_uuids = [p.name[:-4] for p in paths]
     image_id = glance.queued_image()
     result = json.loads(
-        call(src, "glance", "upload_vhd", image_id=image_id, endpoint=glance.endpoint, sr_path=sr_arg(src),
-             token=glance.token, vdi_uuids=json.dumps(chain_uuids), compression_level="9")
+        call(
+            src,
+            "glance",
+            "upload_vhd",
+            image_id=image_id,
+            endpoint=glance.endpoint,
+            sr_path=sr_arg(src),
+            token=glance.token,
+            vdi_uuids=json.dumps(chain_uuids),
+            compression_level="9",
+        )
     )
     data = glance.data[image_id]
     assert result["size"] == len(data)
@@ -130,8 +139,17 @@ def test_compression_level_changes_the_output(dom0, glance):
     sizes = []
     for level in ("1", "9"):
         image_id = glance.queued_image()
-        call(dom0, "glance", "upload_vhd", image_id=image_id, endpoint=glance.endpoint, sr_path=sr_arg(dom0),
-             token=glance.token, vdi_uuids=json.dumps([paths[0].name[:-4]]), compression_level=level)
+        call(
+            dom0,
+            "glance",
+            "upload_vhd",
+            image_id=image_id,
+            endpoint=glance.endpoint,
+            sr_path=sr_arg(dom0),
+            token=glance.token,
+            vdi_uuids=json.dumps([paths[0].name[:-4]]),
+            compression_level=level,
+        )
         sizes.append(len(glance.data[image_id]))
     assert sizes[1] < sizes[0]
 
@@ -140,8 +158,16 @@ def test_upload_refuses_non_chain(dom0, glance):
     first, _ = build_chain(dom0.sr_path(), levels=2, seed=1)
     other, _ = build_chain(dom0.sr_path(), levels=1, seed=3)
     with pytest.raises(XapiError) as err:
-        call(dom0, "glance", "upload_vhd", image_id=glance.queued_image(), endpoint=glance.endpoint,
-             sr_path=sr_arg(dom0), token=glance.token, vdi_uuids=json.dumps([first[0].name[:-4], other[0].name[:-4]]))
+        call(
+            dom0,
+            "glance",
+            "upload_vhd",
+            image_id=glance.queued_image(),
+            endpoint=glance.endpoint,
+            sr_path=sr_arg(dom0),
+            token=glance.token,
+            vdi_uuids=json.dumps([first[0].name[:-4], other[0].name[:-4]]),
+        )
     assert err.value.code == "VHD_CHAIN_INVALID"
     assert not [r for r in glance.requests if r[0] == "PUT"]
 
@@ -180,8 +206,15 @@ def test_retries_exhausted(dom0, glance, tmp_path):
 
 def test_unreachable_endpoint(dom0):
     with pytest.raises(XapiError) as err:
-        call(dom0, "glance", "download_vhd", image_id=str(uuid.uuid4()), endpoint="http://127.0.0.1:9",
-             sr_path=sr_arg(dom0), retries="0")
+        call(
+            dom0,
+            "glance",
+            "download_vhd",
+            image_id=str(uuid.uuid4()),
+            endpoint="http://127.0.0.1:9",
+            sr_path=sr_arg(dom0),
+            retries="0",
+        )
     assert err.value.code == "GLANCE_UNREACHABLE"
 
 
@@ -231,7 +264,9 @@ def test_symlink_member_is_refused(dom0, glance):
     ],
 )
 def test_download_bad_arguments(dom0, glance, name, value):
-    args = dict(image_id=str(uuid.uuid4()), endpoint=glance.endpoint, sr_path=sr_arg(dom0), token=glance.token)
+    args = dict(
+        image_id=str(uuid.uuid4()), endpoint=glance.endpoint, sr_path=sr_arg(dom0), token=glance.token
+    )
     args[name] = value
     with pytest.raises(XapiError) as err:
         call(dom0, "glance", "download_vhd", **args)
@@ -242,8 +277,16 @@ def test_download_bad_arguments(dom0, glance, name, value):
 
 def test_upload_bad_compression_level(dom0, glance):
     with pytest.raises(XapiError) as err:
-        call(dom0, "glance", "upload_vhd", image_id=glance.queued_image(), endpoint=glance.endpoint,
-             sr_path=sr_arg(dom0), vdi_uuids=json.dumps([str(uuid.uuid4())]), compression_level="10")
+        call(
+            dom0,
+            "glance",
+            "upload_vhd",
+            image_id=glance.queued_image(),
+            endpoint=glance.endpoint,
+            sr_path=sr_arg(dom0),
+            vdi_uuids=json.dumps([str(uuid.uuid4())]),
+            compression_level="10",
+        )
     assert err.value.params[0] == "compression_level"
 
 
@@ -251,9 +294,27 @@ def test_upload_bad_compression_level(dom0, glance):
 def tls_glance(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))

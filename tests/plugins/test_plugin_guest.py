@@ -16,10 +16,19 @@ DOMID = 7
 
 
 def test_xenstore_write_read_list_delete(dom0, xapi):
-    call(dom0, "xenstore", "write_record", dom_id=DOMID, path="vm-data/networking/mac1", value='{"ip": "10.0.0.2"}')
+    call(
+        dom0,
+        "xenstore",
+        "write_record",
+        dom_id=DOMID,
+        path="vm-data/networking/mac1",
+        value='{"ip": "10.0.0.2"}',
+    )
     call(dom0, "xenstore", "write_record", dom_id=DOMID, path="vm-data/hostname", value="a b; c")
     assert xapi.store.read(f"/local/domain/{DOMID}/vm-data/hostname") == "a b; c"
-    assert json.loads(call(dom0, "xenstore", "read_record", dom_id=DOMID, path="vm-data/hostname")) == "a b; c"
+    assert (
+        json.loads(call(dom0, "xenstore", "read_record", dom_id=DOMID, path="vm-data/hostname")) == "a b; c"
+    )
     listed = json.loads(call(dom0, "xenstore", "list_records", dom_id=DOMID, path="vm-data"))
     assert listed == {"hostname": "a b; c", "networking": "", "networking/mac1": '{"ip": "10.0.0.2"}'}
     call(dom0, "xenstore", "delete_record", dom_id=DOMID, path="vm-data/networking")
@@ -31,9 +40,19 @@ def test_xenstore_missing_key(dom0):
     with pytest.raises(XapiError) as err:
         call(dom0, "xenstore", "read_record", dom_id=DOMID, path="vm-data/absent")
     assert err.value.details == ["XENSTORE_MISSING", f"/local/domain/{DOMID}/vm-data/absent"]
-    assert json.loads(
-        call(dom0, "xenstore", "read_record", dom_id=DOMID, path="vm-data/absent", ignore_missing_path="true")
-    ) is None
+    assert (
+        json.loads(
+            call(
+                dom0,
+                "xenstore",
+                "read_record",
+                dom_id=DOMID,
+                path="vm-data/absent",
+                ignore_missing_path="true",
+            )
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,7 +83,9 @@ def test_agent_version_key_exchange_and_password(dom0, xapi):
     reply = json.loads(call(dom0, "agent", "version", dom_id=DOMID, timeout="10"))
     assert reply == {"returncode": "0", "message": "1.0.0"}
     private = 123456789
-    reply = json.loads(call(dom0, "agent", "key_init", dom_id=DOMID, pub=str(pow(DH_BASE, private, DH_PRIME))))
+    reply = json.loads(
+        call(dom0, "agent", "key_init", dom_id=DOMID, pub=str(pow(DH_BASE, private, DH_PRIME)))
+    )
     assert reply["returncode"] == "D0"
     shared = pow(int(reply["message"]), private, DH_PRIME)
     secret = encrypt_password("s3cret!", str(shared))

@@ -57,8 +57,16 @@ def sr_listing(sandbox) -> dict[str, int]:
 def transfer_chain(src, dest_address: str, instance: str, uuids: list[str]) -> list[dict]:
     return [
         json.loads(
-            call(src, "migration", "transfer_vhd", instance_uuid=instance, host=dest_address,
-                 vdi_uuid=vdi, sr_path=sr_arg(src), seq_num=str(seq))
+            call(
+                src,
+                "migration",
+                "transfer_vhd",
+                instance_uuid=instance,
+                host=dest_address,
+                vdi_uuid=vdi,
+                sr_path=sr_arg(src),
+                seq_num=str(seq),
+            )
         )
         for seq, vdi in enumerate(uuids)
     ]
@@ -85,8 +93,14 @@ def test_three_level_chain_over_openssh_reads_back_identically(ssh_pair):
     assert not [p for p in src.sr_path().iterdir() if p.name.startswith(".xenapi-transfer")]
     new_uuids = [str(uuid.uuid4()) for _ in uuids]
     result = json.loads(
-        call(dst, "migration", "move_vhds_into_sr", instance_uuid=instance, sr_path=sr_arg(dst),
-             uuid_stack=json.dumps(new_uuids))
+        call(
+            dst,
+            "migration",
+            "move_vhds_into_sr",
+            instance_uuid=instance,
+            sr_path=sr_arg(dst),
+            uuid_stack=json.dumps(new_uuids),
+        )
     )
     assert result == {"root": {"uuid": new_uuids[0]}, "chain": new_uuids}
     leaf = dst.sr_path() / f"{new_uuids[0]}.vhd"
@@ -106,7 +120,9 @@ def test_imported_chain_reads_back_with_libvhdi(ssh_pair):
     uuids, content = make_chain(src, seed=11)
     instance = str(uuid.uuid4())
     transfer_chain(src, "127.0.0.2", instance, uuids)
-    chain = json.loads(call(dst, "migration", "move_vhds_into_sr", instance_uuid=instance, sr_path=sr_arg(dst)))
+    chain = json.loads(
+        call(dst, "migration", "move_vhds_into_sr", instance_uuid=instance, sr_path=sr_arg(dst))
+    )
     files = [pyvhdi.file() for _ in chain["chain"]]
     for handle, vdi in zip(files, chain["chain"], strict=True):
         handle.open(str(dst.sr_path() / f"{vdi}.vhd"))
@@ -194,7 +210,9 @@ BAD_TRANSFER_ARGS = [
 def test_transfer_rejects_bad_arguments(dom0, name, value):
     vdi = str(uuid.uuid4())
     (dom0.sr_path() / f"{vdi}.vhd").write_bytes(b"x")
-    args = dict(instance_uuid=str(uuid.uuid4()), host="127.0.0.2", vdi_uuid=vdi, sr_path=sr_arg(dom0), seq_num="0")
+    args = dict(
+        instance_uuid=str(uuid.uuid4()), host="127.0.0.2", vdi_uuid=vdi, sr_path=sr_arg(dom0), seq_num="0"
+    )
     args[name] = value
     before = sorted(p.name for p in dom0.root.rglob("*"))
     with pytest.raises(XapiError) as err:
@@ -209,8 +227,16 @@ def test_transfer_rejects_bad_arguments(dom0, name, value):
 
 def test_transfer_of_missing_vhd(dom0):
     with pytest.raises(XapiError) as err:
-        call(dom0, "migration", "transfer_vhd", instance_uuid=str(uuid.uuid4()), host="127.0.0.2",
-             vdi_uuid=str(uuid.uuid4()), sr_path=sr_arg(dom0), seq_num="0")
+        call(
+            dom0,
+            "migration",
+            "transfer_vhd",
+            instance_uuid=str(uuid.uuid4()),
+            host="127.0.0.2",
+            vdi_uuid=str(uuid.uuid4()),
+            sr_path=sr_arg(dom0),
+            seq_num="0",
+        )
     assert err.value.code == "NOT_FOUND"
 
 
@@ -297,7 +323,9 @@ def test_move_refuses_wrong_uuid_count(dom0, received):
 
 
 @pytest.mark.parametrize(
-    "stack", ['["not-a-uuid"]', "[1, 2]", "not json", '"x"', '["../x"]'], ids=["nonuuid", "ints", "nojson", "str", "dots"]
+    "stack",
+    ['["not-a-uuid"]', "[1, 2]", "not json", '"x"', '["../x"]'],
+    ids=["nonuuid", "ints", "nojson", "str", "dots"],
 )
 def test_move_rejects_bad_uuid_stack(dom0, received, stack):
     instance, _, _ = received
@@ -310,11 +338,15 @@ def test_move_then_retry_after_fix(dom0, received):
     (target / "junk").write_text("x")
     _move_fails(dom0, instance)
     (target / "junk").unlink()
-    result = json.loads(call(dom0, "migration", "move_vhds_into_sr", instance_uuid=instance, sr_path=sr_arg(dom0)))
+    result = json.loads(
+        call(dom0, "migration", "move_vhds_into_sr", instance_uuid=instance, sr_path=sr_arg(dom0))
+    )
     assert read_chain(dom0.sr_path() / f"{result['root']['uuid']}.vhd") == content
 
 
 def test_cleanup_received(dom0, received):
     instance, target, _ = received
-    assert json.loads(call(dom0, "migration", "cleanup_received", instance_uuid=instance)) == {"removed": True}
+    assert json.loads(call(dom0, "migration", "cleanup_received", instance_uuid=instance)) == {
+        "removed": True
+    }
     assert not target.exists()

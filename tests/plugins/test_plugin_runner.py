@@ -32,7 +32,14 @@ def test_layout_follows_the_deployment_guide(dom0):
         installed = dom0.plugins_dir / plugin.name
         assert installed.read_bytes() == plugin.read_bytes()
         assert os.access(installed, os.X_OK), plugin.name
-    for tool in ("vhd-util", "xenstore-read", "xenstore-write", "xenstore-rm", "xenstore-ls", "xenstore-exists"):
+    for tool in (
+        "vhd-util",
+        "xenstore-read",
+        "xenstore-write",
+        "xenstore-rm",
+        "xenstore-ls",
+        "xenstore-exists",
+    ):
         assert os.access(dom0.bin_dir / tool, os.X_OK), tool
     assert (root / "lib/XenAPIPlugin.py").is_file()
     assert f"INSTALLATION_UUID='{dom0.host_uuid}'" in (root / "etc/xensource-inventory").read_text()
@@ -104,7 +111,7 @@ def test_fault_and_garbage_output(dom0):
     _write_plugin(
         dom0,
         "faulty",
-        "import xmlrpc.client\nprint(xmlrpc.client.dumps(xmlrpc.client.Fault(7, 'nope'), methodresponse=True))\n",
+        "import xmlrpc.client as x\nprint(x.dumps(x.Fault(7, 'nope'), methodresponse=True))\n",
     )
     with pytest.raises(XapiError) as err:
         call(dom0, "faulty", "f")
@@ -126,8 +133,12 @@ def test_arguments_arrive_as_xmlrpc_string_map(dom0):
     session, args, version = json.loads(call(dom0, "echo", "f", a="1", b="x y; rm -rf /"))
     assert session == SESSION
     assert args == {"a": "1", "b": "x y; rm -rf /"}
-    expected = subprocess.run([dom0_python(), "-c", "import sys; print(sys.version_info[:2])"],
-                              capture_output=True, text=True, check=True).stdout
+    expected = subprocess.run(
+        [dom0_python(), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert tuple(version) == eval(expected)  # noqa: S307 - our own interpreter's output
 
 
@@ -141,7 +152,12 @@ def test_plugin_syntax_is_python36(plugin):
     ).stdout.strip()
     if version == "3.6":
         result = subprocess.run(
-            [python36, "-c", "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])", str(plugin)],
+            [
+                python36,
+                "-c",
+                "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])",
+                str(plugin),
+            ],
             capture_output=True,
             text=True,
         )
@@ -164,7 +180,12 @@ def test_plugins_use_only_the_standard_library(plugin):
             names = [node.module.split(".")[0]]
         for name in names:
             assert name in stdlib or name in allowed_local, f"{plugin.name} imports {name}"
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("Popen", "call", "run", "check_output"):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in (
+            "Popen",
+            "call",
+            "run",
+            "check_output",
+        ):
             for keyword in node.keywords:
                 assert keyword.arg != "shell", f"{plugin.name} uses shell="
         assert not (isinstance(node, ast.Name) and node.id == "pickle"), plugin.name

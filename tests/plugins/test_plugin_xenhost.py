@@ -14,7 +14,12 @@ from xenapi_driver.simulator.dom0 import XapiError
 def test_host_data(dom0, xapi):
     data = json.loads(call(dom0, "xenhost", "host_data"))
     assert data["host_uuid"] == dom0.host_uuid
-    assert data["host_memory"] == {"total": 8589934592, "free": 6442450944, "overhead": 123, "free-computed": 6000000000}
+    assert data["host_memory"] == {
+        "total": 8589934592,
+        "free": 6442450944,
+        "overhead": 123,
+        "free-computed": 6000000000,
+    }
     assert data["host_cpu_info"]["cpu_count"] == 4
     assert data["disk"] == {
         "total": 100 * 2**30,
@@ -62,7 +67,11 @@ def test_pci_devices_from_sysfs(dom0):
     base = dom0.path("/sys/bus/pci/devices")
     for slot, values, extra in (
         ("0000:00:02.0", {"vendor": "0x8086", "device": "0x1916", "class": "0x030000"}, None),
-        ("0000:03:00.0", {"vendor": "0x15b3", "device": "0x1017", "class": "0x020000", "sriov_totalvfs": "8"}, None),
+        (
+            "0000:03:00.0",
+            {"vendor": "0x15b3", "device": "0x1017", "class": "0x020000", "sriov_totalvfs": "8"},
+            None,
+        ),
         ("0000:03:00.2", {"vendor": "0x15b3", "device": "0x1018", "class": "0x020000"}, "physfn"),
     ):
         directory = base / slot
@@ -91,8 +100,15 @@ def test_pci_devices_from_sysfs(dom0):
 
 
 def test_host_join_rejects_bad_arguments(dom0):
-    args = dict(url="http://127.0.0.1:1", user="root", password="pw", compute_uuid="x", master_addr="127.0.0.1",
-                master_user="root", master_pass="pw")
+    args = dict(
+        url="http://127.0.0.1:1",
+        user="root",
+        password="pw",
+        compute_uuid="x",
+        master_addr="127.0.0.1",
+        master_user="root",
+        master_pass="pw",
+    )
     with pytest.raises(XapiError) as err:
         call(dom0, "xenhost", "host_join", **args)
     assert err.value.details[:2] == ["INVALID_ARGUMENT", "compute_uuid"]
@@ -104,8 +120,15 @@ def test_host_join_rejects_bad_arguments(dom0):
 
 
 def test_host_join_unreachable_host(dom0):
-    args = dict(url="http://127.0.0.1:9", user="root", password="secret-pw", master_addr="127.0.0.1",
-                compute_uuid="12345678-1234-1234-1234-123456789abc", master_user="root", master_pass="pw2")
+    args = dict(
+        url="http://127.0.0.1:9",
+        user="root",
+        password="secret-pw",
+        master_addr="127.0.0.1",
+        compute_uuid="12345678-1234-1234-1234-123456789abc",
+        master_user="root",
+        master_pass="pw2",
+    )
     with pytest.raises(XapiError) as err:
         call(dom0, "xenhost", "host_join", **args)
     assert err.value.details[:2] == ["HOST_JOIN_FAILED", "cannot reach the joining host"]

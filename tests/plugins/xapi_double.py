@@ -57,7 +57,12 @@ class XapiDouble:
             "enabled": True,
             "memory_overhead": "123",
             "metrics": f"OpaqueRef:metrics-{host_uuid}",
-            "cpu_info": {"cpu_count": "4", "modelname": "Simulated CPU", "vendor": "GenuineIntel", "speed": "2400"},
+            "cpu_info": {
+                "cpu_count": "4",
+                "modelname": "Simulated CPU",
+                "vendor": "GenuineIntel",
+                "speed": "2400",
+            },
             "host_CPUs": [],
             "capabilities": ["xen-3.0-x86_64", "hvm-3.0-x86_64"],
             "other_config": {},

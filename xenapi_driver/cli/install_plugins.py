@@ -50,8 +50,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: cannot read --xapi-password-file: {exc.strerror}", file=sys.stderr)
             return 2
     if args.xapi_url and password is None:
-        print("error: --xapi-url needs a password (--xapi-password-file or XENAPI_DRIVER_XAPI_PASSWORD)",
-              file=sys.stderr)
+        print(
+            "error: --xapi-url needs a password (--xapi-password-file or XENAPI_DRIVER_XAPI_PASSWORD)",
+            file=sys.stderr,
+        )
         return 2
     try:
         targets = [installer.Target.parse(t, args.port) for t in args.targets]

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xenapi_driver
-
 from xenapi_driver.simulator.errors import XapiError
 
 SSHD_BINARY = "/usr/sbin/sshd"
