@@ -21,7 +21,12 @@ from xenapi_nova_tests import (
     tolerate_newer_dependencies,
     xenapi_suite_skip_reason,
 )
-from xenapi_nova_tests.simulator_fixture import XenServerConfFixture, prepare_driver, start_simulator
+from xenapi_nova_tests.simulator_fixture import (
+    XenServerConfFixture,
+    add_network,
+    prepare_driver,
+    start_simulator,
+)
 
 
 class _ServerLifecycle:
@@ -60,7 +65,9 @@ class _ServerLifecycle:
     def test_server_lifecycle(self) -> None:
         flavor = self.api.get_flavors()[0]
         flavor = self.api.get_flavor(flavor["id"])
-        server = self._create_server(flavor_id=flavor["id"], networks="none")
+        # One Neutron port (the fixture's OVS port on br-int).
+        port = self.neutron.port_1
+        server = self._create_server(flavor_id=flavor["id"], networks=[{"port": port["id"]}])
         self._assert_backend(server, "ACTIVE")
         # The compute node provider is named after the driver's node name.
         rp_uuid = self._get_provider_uuid_by_host(server["OS-EXT-SRV-ATTR:hypervisor_hostname"])
@@ -123,6 +130,8 @@ class XenAPIDriverServerLifecycleTest(_ServerLifecycle, integrated_helpers._Inte
 
     def _configure_compute_driver(self) -> None:
         self.simulator.reset()
+        # The XenServer network behind Neutron's OVS bridge (operator setup).
+        add_network(self.simulator, "br-int")
         self.useFixture(XenServerConfFixture(self, self.simulator))
         self.flags(compute_driver="xenapi.XenAPIDriver")
 
@@ -156,5 +165,7 @@ class XenAPIDriverServerLifecycleTest(_ServerLifecycle, integrated_helpers._Inte
         instance_vms = [rec for rec in mine.values() if not rec["other_config"].get("nova_rescue")]
         self.assertEqual(1, len(instance_vms), f"expected one VM for {server['id']}: {mine}")
         self.assertEqual(_XAPI_POWER_STATE[status], instance_vms[0]["power_state"])
+        macs = [session.xenapi.VIF.get_MAC(ref) for ref in instance_vms[0]["VIFs"]]
+        self.assertEqual([self.neutron.port_1["mac_address"]], macs)
         rescue_vms = [rec for rec in mine.values() if rec["other_config"].get("nova_rescue")]
         self.assertEqual(status == "RESCUE", bool(rescue_vms))
