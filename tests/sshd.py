@@ -42,6 +42,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -103,6 +104,8 @@ class LoopbackSSHServer:
         self._port = port or free_port(self.host)
         self._process: subprocess.Popen | None = None
         self.marker = uuid.uuid4().hex
+        self._cleaned_up = False
+        self._lock = threading.RLock()  # start/stop/cleanup may come from helper threads
         self._log_file = None
         self.host_key_path = str(self.workdir / f"ssh_host_{key_type}_key")
         self.client_key_path = str(self.workdir / f"id_{key_type}")
@@ -141,14 +144,15 @@ class LoopbackSSHServer:
         sshd reads its host key when it starts, so a running server is
         restarted (a reinstall always ends in a reboot anyway).
         """
-        running = self.running
-        if running:
-            self.stop()
-        self._keygen(self.host_key_path)
-        for kind, path in self.extra_host_key_paths.items():
-            self._keygen(path, kind)
-        if running:
-            self.start()
+        with self._lock:
+            running = self.running
+            if running:
+                self.stop()
+            self._keygen(self.host_key_path)
+            for kind, path in self.extra_host_key_paths.items():
+                self._keygen(path, kind)
+            if running:
+                self.start()
 
     @property
     def host_public_key_line(self) -> str:
@@ -218,6 +222,14 @@ class LoopbackSSHServer:
 
     def start(self, timeout: float = 15.0) -> None:
         """Start sshd and return once it answers with an SSH banner."""
+        with self._lock:
+            self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
+        if self._cleaned_up:
+            # A helper thread restarting the "host" after the test ended must
+            # not leave an orphan sshd behind.
+            raise SSHServerError("this loopback sshd was cleaned up; it cannot be started again")
         if self.running:
             return
         try:
@@ -290,6 +302,10 @@ class LoopbackSSHServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop sshd and kill every session it started, as a reboot does."""
+        with self._lock:
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
         process = self._process
         if process is None:
             return
@@ -353,7 +369,9 @@ class LoopbackSSHServer:
 
     def cleanup(self) -> None:
         """Stop the server and remove the private directory when we created it."""
-        self.stop()
+        with self._lock:
+            self._cleaned_up = True
+            self._stop(15.0)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -123,10 +123,10 @@ def test_installer_that_reboots_then_status_file(sshd, tmp_path):
     watcher = _when_file_appears(marker, reboot_into_new_install)
     checker = _checker(sshd, accept_new_host_key=True)
     ran = checker.run_script(script, timeout=30, disconnect_ok=True)
-    assert ran.ok and ran.state == "disconnected", ran.detail
-    assert "installing" in ran.stdout
     ready = checker.wait_ready(status, timeout=30, interval=0.1, max_interval=0.5)
     watcher.join(20)
+    assert ran.ok and ran.state == "disconnected", ran.detail
+    assert "installing" in ran.stdout
     assert ready.ok, ready.detail
     states = [e["state"] for e in ready.events]
     assert states.count("started") == 2 and "host-key-replaced" in states and states[-1] == "ready"
