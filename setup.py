@@ -46,6 +46,7 @@ setup(
             "testtools",
             "ruff",
             "coverage",
+            "cryptography",
             "wheel",
             "sphinx>=7.0",
         ],
