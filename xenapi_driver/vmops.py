@@ -24,7 +24,7 @@ import nova.conf
 from nova.compute import power_state
 
 from nova import exception as nova_exception
-from nova.virt import hardware
+from nova.virt import driver, hardware
 from xenapi_driver import conf as xconf
 from xenapi_driver import exception as xexc
 from xenapi_driver import vm_utils
@@ -392,6 +392,14 @@ class VMOps:
         block_device_info: Any = None,
         power_on: bool = True,
     ) -> None:
+        if driver.block_device_info_get_mapping(block_device_info):
+            # Refused rather than booting without the volumes (or from the image instead).
+            root = driver.block_device_info_get_root_device(block_device_info)
+            mapped = [
+                bdm.get("mount_device") for bdm in driver.block_device_info_get_mapping(block_device_info)
+            ]
+            what = "boot from a volume" if root and root in mapped else "attach volumes at boot"
+            raise NotImplementedError(f"XenAPIDriver cannot {what} yet (volumes: next issue)")
         if self.lookup(instance) is not None:
             raise nova_exception.InstanceExists(name=instance.name)
         flavor = _flavor(instance)

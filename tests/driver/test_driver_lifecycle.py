@@ -380,3 +380,11 @@ def test_soft_reboot_interrupted_falls_back_to_hard(drv: XenAPIDriver, sim: Any)
     drv.reboot(None, inst, None, "SOFT")
     assert sim.call_counts["VM.hard_reboot"] == 1
     assert state(drv, inst) == power_state.RUNNING
+
+
+def test_boot_from_volume_refused_clearly(drv: XenAPIDriver, sim: Any) -> None:
+    inst = flavored_instance()
+    bdi = {"root_device_name": "/dev/xvda", "block_device_mapping": [{"mount_device": "/dev/xvda"}]}
+    with pytest.raises(NotImplementedError, match="boot from a volume"):
+        drv.spawn(None, inst, image_meta(), [], "", {}, network_info=None, block_device_info=bdi)
+    assert leftovers(sim, inst, drv.vmops.image_source.made) == {}
