@@ -129,6 +129,7 @@ fn(session_ref, args); the reply is printed as an XML-RPC methodResponse.
 import json
 import os
 import sys
+import urllib.parse
 import xmlrpc.client
 
 import XenAPI
@@ -159,13 +160,37 @@ def failure_message(description):
     return xmlrpc.client.dumps(({"Status": "Failure", "ErrorDescription": description},), None, True)
 
 
+class _LocalSession(XenAPI.Session):
+    """The host's XAPI, as dom0's local socket gives it: a pool member forwards to its master."""
+
+    def __init__(self, url, session_ref):
+        XenAPI.Session.__init__(self, url)
+        self._url = url
+        self._session = session_ref
+        self._master = None
+
+    def xenapi_request(self, methodname, params):
+        if self._master is not None:
+            return self._master.xenapi_request(methodname, params)
+        try:
+            return XenAPI.Session.xenapi_request(self, methodname, params)
+        except XenAPI.Failure as exc:
+            if not exc.details or exc.details[0] != "HOST_IS_SLAVE" or len(exc.details) < 2:
+                raise
+            parts = urllib.parse.urlsplit(self._url)
+            master = exc.details[1]
+            if ":" not in master and parts.port:
+                master = "%s:%d" % (master, parts.port)
+            self._master = XenAPI.Session(urllib.parse.urlunsplit((parts.scheme, master, "/", "", "")))
+            self._master._session = self._session
+            return self._master.xenapi_request(methodname, params)
+
+
 def _local_session(session_ref):
     root = os.environ.get("XENAPI_DRIVER_DOM0_ROOT", "/")
     with open(os.path.join(root, "etc", "xapi-sim.json")) as handle:
         url = json.load(handle)["xapi_url"]
-    session = XenAPI.Session(url)
-    session._session = session_ref
-    return session
+    return _LocalSession(url, session_ref)
 
 
 def dispatch(fn_table):
