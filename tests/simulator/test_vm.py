@@ -365,3 +365,26 @@ def test_concurrent_starts_never_overcommit_a_host(xapi, sim, session):
         if xapi.VM.get_power_state(vm) == "Running":
             xapi.VM.hard_shutdown(vm)
     assert int(xapi.host.compute_free_memory(host)) == free
+
+
+def test_hvm_guest_without_tools_cannot_shut_down_cleanly(xapi, sim, failure):
+    vm = make_vm(xapi, "no-tools", HVM_boot_policy="BIOS order", other_config={"simulator-agent": "false"})
+    xapi.VM.start_on(vm, sim.pool.master.ref, False, False)
+    ops = xapi.VM.get_allowed_operations(vm)
+    assert "clean_shutdown" not in ops and "suspend" not in ops and "hard_shutdown" in ops
+    assert failure(xapi.VM.clean_shutdown, vm) == ["VM_LACKS_FEATURE", vm]
+    assert failure(xapi.VM.suspend, vm) == ["VM_LACKS_FEATURE", vm]
+    xapi.VM.hard_shutdown(vm)
+
+
+def test_live_memory_changes_are_accounted(xapi, sim):
+    host = sim.pool.hosts[2].ref
+    vm = make_vm(
+        xapi, "balloon", memory=512 * MiB, memory_dynamic_min=str(128 * MiB), memory_static_min=str(128 * MiB)
+    )
+    xapi.VM.start_on(vm, host, False, False)
+    free = int(xapi.host.compute_free_memory(host))
+    xapi.VM.set_memory_dynamic_range(vm, str(128 * MiB), str(256 * MiB))
+    assert int(xapi.host.compute_free_memory(host)) == free + 256 * MiB
+    assert xapi.VM.get_memory_target(vm) == str(256 * MiB)
+    xapi.VM.hard_shutdown(vm)

@@ -117,7 +117,19 @@ def allowed_operations(rec: dict) -> list[str]:
     if rec["current_operations"]:
         return []
     blocked = set(rec["blocked_operations"])
+    if lacks_pv_tools(rec):
+        blocked |= COOPERATIVE_OPS
     return sorted(op for op in ops if op not in blocked)
+
+
+# Operations that need the guest's cooperation (PV tools) on an HVM guest.
+COOPERATIVE_OPS = {"clean_shutdown", "clean_reboot", "suspend", "checkpoint"}
+
+
+def lacks_pv_tools(rec: dict) -> bool:
+    """An HVM guest without the simulated agent/PV tools cannot shut down cleanly or suspend."""
+    hvm = rec["domain_type"] == "hvm" or bool(rec["HVM_boot_policy"])
+    return hvm and not has_agent(rec)
 
 
 def refresh_vm(db, vm_ref: str) -> None:
@@ -145,6 +157,8 @@ def check_operation(db, vm_ref: str, op: str) -> dict:
             raise XapiError(
                 "VM_BAD_POWER_STATE", vm_ref, ",".join(s.lower() for s in states), rec["power_state"].lower()
             )
+    if op in COOPERATIVE_OPS and lacks_pv_tools(rec):
+        raise XapiError("VM_LACKS_FEATURE", vm_ref)
     return rec
 
 
@@ -1103,6 +1117,10 @@ def _memory_setter(*fields: str):
             trial.update(zip(fields, (int(v) for v in values), strict=True))
             _check_memory_constraints(trial)
             db.update("VM", vm_ref, **{f: trial[f] for f in fields})
+            if rec["power_state"] in (RUNNING, PAUSED) and "memory_dynamic_max" in fields:
+                db.set("VM", vm_ref, "memory_target", trial["memory_dynamic_max"])
+                _update_metrics(db, vm_ref, running=True, start=False)
+                update_host_metrics(db, rec["resident_on"])
 
     return setter
 
