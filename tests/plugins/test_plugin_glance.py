@@ -12,8 +12,8 @@ import tarfile
 import uuid
 
 import pytest
-from conftest import call
 from glance_server import GlanceServer
+from plugin_helpers import call
 
 from xenapi_driver import vhd
 from xenapi_driver.simulator.dom0 import XapiError

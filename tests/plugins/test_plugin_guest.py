@@ -7,7 +7,7 @@ import json
 import zlib
 
 import pytest
-from conftest import call
+from plugin_helpers import call
 
 from xenapi_driver.simulator.dom0 import XapiError
 from xenapi_driver.simulator.guest_agent import DH_BASE, DH_PRIME, encrypt_password

@@ -9,7 +9,7 @@ import shutil
 import uuid
 
 import pytest
-from conftest import call
+from plugin_helpers import call
 
 from xenapi_driver import vhd
 from xenapi_driver.simulator.dom0 import XapiError

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SESSION, call
+from plugin_helpers import SESSION, call
 
 from xenapi_driver.simulator.dom0 import XapiError, dom0_python, plugin_files, prepare_sandbox
 

@@ -59,7 +59,10 @@ def test_xenstore_through_the_simulators_endpoint(sim):
     member = simulator.pool.hosts[1]
     plugin(session, member, "xenstore", "write_record", dom_id="3", path="vm-data/hostname", value="vm1")
     assert sim_xenstore.store_for(member).read("/local/domain/3/vm-data/hostname") == "vm1"
-    assert json.loads(plugin(session, member, "xenstore", "read_record", dom_id="3", path="vm-data/hostname")) == "vm1"
+    assert (
+        json.loads(plugin(session, member, "xenstore", "read_record", dom_id="3", path="vm-data/hostname"))
+        == "vm1"
+    )
     assert not sim_xenstore.store_for(simulator.pool.hosts[0]).exists("/local/domain/3/vm-data/hostname")
 
 

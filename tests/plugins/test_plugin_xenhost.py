@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import call
+from plugin_helpers import call
 
 from xenapi_driver.simulator.dom0 import XapiError
 
