@@ -122,6 +122,11 @@ def test_redirects_to_the_host_that_sees_the_sr(xapi, sim, sid):
     assert resp.getheader("Location").startswith(member.url.rstrip("/") + "/export_raw_vdi?")
     body, _ = get(sim.url, sid, vdi=vdi, format="raw")  # urllib follows the redirect
     assert len(body) == 2 * MiB
+    conn = http.client.HTTPConnection(member.address, member.port, timeout=30)
+    conn.request("HEAD", f"/export_raw_vdi?{urlencode({'session_id': sid, 'vdi': vdi, 'format': 'raw'})}")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Length") == str(2 * MiB) and resp.read() == b""
+    conn.close()
 
 
 def test_errors(xapi, sim, sid):

@@ -97,6 +97,10 @@ def export_raw_vdi(ctx, request) -> None:
     else:
         base_path = None
     ctx.set_progress(0.0)
+    if request.method == "HEAD":  # headers only (the length is known for raw exports)
+        size = int(vdi["virtual_size"]) if is_vhd else path.stat().st_size
+        request.start(200, headers, size if fmt == "raw" else 0)
+        return None
     if fmt == "raw":
         if is_vhd:
             request.start(200, headers, int(vdi["virtual_size"]))
