@@ -133,3 +133,22 @@ def test_vm_without_agent_times_out(xapi, sim):
         xapi.host.call_plugin(host.ref, "agent", "version", {"dom_id": domid, "timeout": "1"})
     assert "AGENT_TIMEOUT" in info.value.details
     xapi.VM.hard_shutdown(vm)
+
+
+def test_reset_gives_every_host_a_fresh_store():
+    from xenapi_driver.simulator import api
+
+    sim = api.start(hosts=1)
+    try:
+        s = XenAPI.Session(sim.url)
+        s.xenapi.login_with_password(sim.username, sim.password, "1.0", "reset-test")
+        vm = make_vm(s.xenapi, "before-reset", {"vm-data/k": "v"})
+        s.xenapi.VM.start(vm, False, False)
+        domid = s.xenapi.VM.get_domid(vm)
+        host = sim.pool.master
+        assert xs(host, "read", f"/local/domain/{domid}/vm-data/k")["value"] == "v"
+        sim.reset()
+        assert not xs(host, "exists", f"/local/domain/{domid}")["value"]
+        assert xs(host, "read", "/local/domain/0/name")["value"] == "Domain-0"
+    finally:
+        sim.stop()
