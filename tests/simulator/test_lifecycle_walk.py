@@ -273,6 +273,7 @@ def walk(sim, src, dst, a, b):
     assert any(c == "vm" and r == vm and s.get("resident_on") == there for c, _, r, s in seen)
 
     # --- Storage XenMotion to the other pool ------------------------------------------------
+    started = a.VM_metrics.get_start_time(rec["metrics"])
     dest_host = b.host.get_all()[0]
     dest_sr = b.pool.get_default_SR(b.pool.get_all()[0])
     dest_net = b.network.get_all()[0]
@@ -286,6 +287,7 @@ def walk(sim, src, dst, a, b):
     result = wait_task(a, task)
     new_vm_ref = result.replace("<value>", "").replace("</value>", "")
     brec = b.VM.get_record(new_vm_ref)
+    assert b.VM_metrics.get_start_time(brec["metrics"]) == started
     assert brec["uuid"] == rec["uuid"] and brec["power_state"] == "Running"
     assert brec["resident_on"] == dest_host and int(brec["domid"]) > 0
     new_disk = b.VBD.get_VDI(brec["VBDs"][0])

@@ -229,10 +229,13 @@ def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
         raise
     state = rec["power_state"]
     if state in (vmh.RUNNING, vmh.PAUSED):
+        started = _start_time(db, vm_ref)
         if not copy:
             vmh.stop_domain(ctx.pool, vm_ref)
             db.set("VM", vm_ref, "power_state", vmh.HALTED)
-        vmh.boot_domain(dest_pool, new_vm, plan.dest_host, paused=state == vmh.PAUSED, new_metrics=False)
+        vmh.boot_domain(dest_pool, new_vm, plan.dest_host, paused=state == vmh.PAUSED, new_metrics=copy)
+        if not copy and started is not None:  # a migrated guest keeps its start time
+            ddb.set("VM_metrics", ddb.get("VM", new_vm)["metrics"], "start_time", started)
     elif state == vmh.SUSPENDED:
         ddb.update(
             "VM", new_vm, power_state=vmh.SUSPENDED, suspend_VDI=new_vdis.get(rec["suspend_VDI"], NULL_REF)
@@ -241,6 +244,13 @@ def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
         _destroy_source(ctx, vm_ref, plan)
     ctx.set_progress(1.0)
     return new_vm
+
+
+def _start_time(db, vm_ref: str):
+    metrics = db.get("VM", vm_ref)["metrics"]
+    if storage.is_null(metrics) or not db.exists("VM_metrics", metrics):
+        return None
+    return db.get("VM_metrics", metrics)["start_time"]
 
 
 def _same_lun(ctx, vdi_ref: str, dest_pool, sr_ref: str) -> str | None:
