@@ -1,0 +1,61 @@
+"""Access to Glance through Nova's own image API (``nova.image.glance.API``).
+
+Using Nova's client means the image layer honours ``[glance]`` exactly as the
+rest of nova-compute does: ``api_servers`` or the Keystone service catalog,
+TLS settings, retries, the user's token. The dom0 plug-in needs the same two
+things in plain form (a Glance URL and the token); :meth:`ImageAPI.dom0_endpoint`
+derives them from Nova rather than from an option of our own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import nova.conf
+
+from nova import exception as nova_exception
+
+CONF = nova.conf.CONF
+
+
+class ImageAPI:
+    """The few Glance operations the image layer needs, on Nova's image API."""
+
+    def __init__(self, api: Any = None) -> None:
+        if api is None:
+            from nova.image import glance
+
+            api = glance.API()
+        self._api = api
+
+    def get(self, context: Any, image_id: str) -> dict[str, Any]:
+        """Glance's record of the image (disk_format, container_format, size, properties...)."""
+        return self._api.get(context, image_id)
+
+    def chunks(self, context: Any, image_id: str) -> Iterator[bytes]:
+        """The image's bytes, as an iterator of chunks (nothing is written to local disk)."""
+        data = self._api.download(context, image_id)
+        if data is None:
+            raise nova_exception.ImageUnacceptable(image_id=image_id, reason="Glance returned no data")
+        return iter(data)
+
+    def set_formats(self, context: Any, image_id: str, disk_format: str, container_format: str,
+                    properties: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """Set the formats (and extra properties) of a queued image before its data is sent."""
+        meta: dict[str, Any] = {"disk_format": disk_format, "container_format": container_format}
+        if properties:
+            meta["properties"] = dict(properties)
+        self._api.update(context, image_id, meta, purge_props=False)
+
+    def upload(self, context: Any, image_id: str, meta: dict[str, Any], data: Any) -> None:
+        """Send the image's data (an iterator of chunks or a file object) with its formats."""
+        self._api.update(context, image_id, meta, data=data, purge_props=False)
+
+    @staticmethod
+    def dom0_endpoint(context: Any) -> tuple[str, str | None]:
+        """``(glance_url, token)`` for dom0: Nova's endpoint choice and the user's token."""
+        from nova.image import glance
+
+        url = str(glance.generate_glance_url(context)).rstrip("/")
+        return url, getattr(context, "auth_token", None)
