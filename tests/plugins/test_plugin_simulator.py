@@ -118,3 +118,77 @@ def test_set_host_enabled_through_xapi(sim):
     assert session.xenapi.host.get_enabled(member.ref) is False
     plugin(session, member, "xenhost", "set_host_enabled", enabled="true")
     assert session.xenapi.host.get_enabled(member.ref) is True
+
+
+def _make_vm(x, name):
+    mib128 = str(128 * 1024**2)
+    return x.VM.create(
+        {
+            "name_label": name, "name_description": "", "user_version": "1", "is_a_template": False,
+            "affinity": "OpaqueRef:NULL", "memory_static_max": mib128, "memory_dynamic_max": mib128,
+            "memory_dynamic_min": mib128, "memory_static_min": mib128, "VCPUs_params": {}, "VCPUs_max": "1",
+            "VCPUs_at_startup": "1", "actions_after_shutdown": "destroy", "actions_after_reboot": "restart",
+            "actions_after_crash": "destroy", "PV_bootloader": "pygrub", "PV_kernel": "", "PV_ramdisk": "",
+            "PV_args": "", "PV_bootloader_args": "", "PV_legacy_args": "", "HVM_boot_policy": "",
+            "HVM_boot_params": {}, "platform": {}, "PCI_bus": "", "other_config": {}, "recommendations": "",
+            "xenstore_data": {},
+        }
+    )  # fmt: skip
+
+
+def test_host_join_moves_the_compute_vm_with_its_host(tmp_path):
+    simulator = api.start(hosts=[1, 1], state_dir=tmp_path / "sim")
+    try:
+        master_pool, joiner_pool = simulator.pools
+        master, joiner = master_pool.master, joiner_pool.master
+        sessions = []
+        for url in (master_pool.url, joiner_pool.url):
+            session = XenAPI.Session(url)
+            session.xenapi.login_with_password(simulator.username, simulator.password, "1.0", "plugin-tests")
+            sessions.append(session)
+        x, y = (s.xenapi for s in sessions)
+        compute = _make_vm(y, "nova-compute")
+        y.VM.start(compute, False, False)
+        compute_uuid = y.VM.get_uuid(compute)
+        result = json.loads(
+            plugin(sessions[0], master, "xenhost", "host_join", url=joiner.url, user=simulator.username,
+                   password=simulator.password, compute_uuid=compute_uuid, master_addr=master.address,
+                   master_user=simulator.username, master_pass=simulator.password, timeout="30")
+        )  # fmt: skip
+        assert result["joined"] is True
+        assert len(x.host.get_all()) == 2
+        vm = x.VM.get_by_uuid(compute_uuid)
+        assert x.VM.get_power_state(vm) == "Running"
+        assert x.VM.get_resident_on(vm) == x.host.get_by_uuid(joiner.uuid)
+        log = master.sandbox.path("/var/log/xenapi-driver-plugins.log").read_text()
+        assert simulator.password not in log
+    finally:
+        simulator.stop()
+
+
+def test_host_join_refused_leaves_the_compute_vm_running(tmp_path):
+    simulator = api.start(hosts=[1, 1], state_dir=tmp_path / "sim")
+    try:
+        master_pool, joiner_pool = simulator.pools
+        master, joiner = master_pool.master, joiner_pool.master
+        session = XenAPI.Session(master_pool.url)
+        session.xenapi.login_with_password(simulator.username, simulator.password, "1.0", "plugin-tests")
+        remote = XenAPI.Session(joiner_pool.url)
+        remote.xenapi.login_with_password(simulator.username, simulator.password, "1.0", "plugin-tests")
+        compute = _make_vm(remote.xenapi, "nova-compute")
+        remote.xenapi.VM.start(compute, False, False)
+        args = dict(url=joiner.url, user=simulator.username, password=simulator.password,
+                    compute_uuid=remote.xenapi.VM.get_uuid(compute), master_addr=master.address,
+                    master_user="root", master_pass="wrong-master-pw")  # fmt: skip
+        with pytest.raises(XenAPI.Failure) as err:
+            plugin(session, master, "xenhost", "host_join", **args)
+        assert err.value.details[0] == "SESSION_AUTHENTICATION_FAILED"
+        assert "wrong-master-pw" not in str(err.value.details)
+        assert len(simulator.pools) == 2
+        assert remote.xenapi.VM.get_power_state(compute) == "Running"
+        args["compute_uuid"] = str(uuid.uuid4())
+        with pytest.raises(XenAPI.Failure) as err:
+            plugin(session, master, "xenhost", "host_join", **args)
+        assert err.value.details[0] == "UUID_INVALID"
+    finally:
+        simulator.stop()
