@@ -350,3 +350,28 @@ def test_cleanup_received(dom0, received):
         "removed": True
     }
     assert not target.exists()
+
+
+def test_interrupted_transfer_cleans_up(hosts):
+    """A plug-in stopped by SIGTERM (as XAPI stops it) still removes its staging and its rsync."""
+    import socket
+    import subprocess
+
+    src = hosts.new("127.0.0.1", "src")
+    uuids, _ = make_chain(src, levels=1)
+    silent = socket.socket()
+    silent.bind(("127.0.0.4", 0))
+    silent.listen(1)  # accepts TCP, never speaks SSH: ssh waits for the banner
+    (src.ssh_dir / "config").write_text(
+        f"Host 127.0.0.4\n    Port {silent.getsockname()[1]}\n    ConnectTimeout 60\n"
+    )
+    try:
+        with pytest.raises(XapiError) as err:
+            call(src, "migration", "transfer_vhd", _timeout=3, instance_uuid=str(uuid.uuid4()),
+                 host="127.0.0.4", vdi_uuid=uuids[0], sr_path=sr_arg(src), seq_num="0")  # fmt: skip
+    finally:
+        silent.close()
+    assert err.value.params[0] == "timeout"
+    assert not [p for p in src.sr_path().iterdir() if p.name.startswith(".xenapi-transfer")]
+    left = subprocess.run(["pgrep", "-f", str(src.sr_path())], capture_output=True, text=True).stdout
+    assert left.strip() == ""

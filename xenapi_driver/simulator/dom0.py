@@ -487,21 +487,34 @@ class Dom0Sandbox:
             raise XapiError("XENAPI_MISSING_PLUGIN", plugin)
         request = xmlrpc.client.dumps((session_ref, dict(args)), methodname=fn, allow_none=False)
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [str(path), request],
-                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=self.env(),
                 cwd=str(self.root),
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise XapiError(
-                "XENAPI_PLUGIN_FAILURE", "timeout", _text(exc.stdout), f"plug-in ran longer than {timeout}s"
-            ) from exc
         except OSError as exc:
             raise XapiError("XENAPI_PLUGIN_FAILURE", "exec failed", "", str(exc)) from exc
-        stdout, stderr = _text(proc.stdout), _text(proc.stderr)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # As XAPI stops a plug-in: SIGTERM (its clean-up runs), then SIGKILL.
+            proc.terminate()
+            try:
+                out, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            raise XapiError(
+                "XENAPI_PLUGIN_FAILURE", "timeout", _text(out), f"plug-in ran longer than {timeout}s"
+            ) from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        stdout, stderr = _text(out), _text(err)
         if proc.returncode != 0:
             raise XapiError("XENAPI_PLUGIN_FAILURE", "non-zero exit", stdout, stderr)
         try:

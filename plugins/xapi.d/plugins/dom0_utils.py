@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,15 @@ _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 _HOSTNAME_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 _LOG = None
+
+
+def _terminate(signum, frame):
+    # XAPI stops a plug-in with SIGTERM (task cancelled, timeout): unwind so every
+    # ``finally`` (staging clean-up, child processes) runs before the process ends.
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _terminate)
 
 
 def dom0_path(path):
@@ -264,6 +274,10 @@ def run_command(argv, input_bytes=None, timeout=None, check=True, env=None):
         proc.kill()
         proc.communicate()
         fail("TIMEOUT", " ".join(argv[:2]), timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     out = out.decode("utf-8", "replace")
     err = err.decode("utf-8", "replace")
     if check and proc.returncode != 0:
