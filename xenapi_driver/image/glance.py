@@ -19,6 +19,26 @@ from nova import exception as nova_exception
 CONF = nova.conf.CONF
 
 
+class IterReader:
+    """A read-only file object over an iterator of chunks (glanceclient uploads ``read()``)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n is None or n < 0 or len(self._buf) < n:
+            try:
+                self._buf += next(self._chunks)
+            except StopIteration:
+                break
+        if n is None or n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
 class ImageAPI:
     """The few Glance operations the image layer needs, on Nova's image API."""
 
@@ -50,6 +70,8 @@ class ImageAPI:
 
     def upload(self, context: Any, image_id: str, meta: dict[str, Any], data: Any) -> None:
         """Send the image's data (an iterator of chunks or a file object) with its formats."""
+        if not hasattr(data, "read"):
+            data = IterReader(iter(data))
         self._api.update(context, image_id, meta, data=data, purge_props=False)
 
     @staticmethod

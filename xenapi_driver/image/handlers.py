@@ -239,11 +239,14 @@ def _spool_tgz(image_id: str, reader: _ChunkReader, staging: str) -> list[str]:
 
 
 def _check_chain(image_id: str, files: list[str]) -> list[vhd.VHDInfo]:
-    """Each member is a sound VHD and each is the parent of the one before: else ImageUnacceptable."""
+    """Each member is a sound VHD and each is the parent of the one before: else ImageUnacceptable.
+
+    Children are relinked to the staged files (their locators name the files
+    they were made from) so the whole chain can be checked like ``vhd-util check -p``.
+    """
     infos = []
     for n, path in enumerate(files):
         try:
-            vhd.check(path)
             infos.append(vhd.info(path, require_parents=False))
         except vhd.VHDError as exc:
             raise errors.bad_image(image_id, f"{n}.vhd is not a valid VHD: {exc}") from None
@@ -259,6 +262,12 @@ def _check_chain(image_id: str, files: list[str]) -> list[vhd.VHDInfo]:
                 )
         elif info.disk_type == "differencing":
             raise errors.bad_image(image_id, f"broken chain: the base {n}.vhd has a parent that is missing")
+    try:
+        for n in range(len(files) - 2, -1, -1):
+            vhd.reparent(files[n], files[n + 1])
+        vhd.check(files[0], walk_parents=True)
+    except vhd.VHDError as exc:
+        raise errors.bad_image(image_id, f"the VHD chain is not valid: {exc}") from None
     return infos
 
 
