@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import MiB, Target, make_instance, make_vm
+from tests.volumes.guest_helpers import MiB, Target, make_instance, make_vm
 
 from nova import exception as nova_exception
 from xenapi_driver import volume_utils as vu
