@@ -192,3 +192,17 @@ def test_host_join_refused_leaves_the_compute_vm_running(tmp_path):
         assert err.value.details[0] == "UUID_INVALID"
     finally:
         simulator.stop()
+
+
+def test_plugins_reach_their_host_over_https(tmp_path):
+    """With an HTTPS simulator the plug-ins' XAPI session and xenstore tools still reach their host."""
+    simulator = api.start(hosts=2, https=True, state_dir=tmp_path / "sim")
+    try:
+        session = XenAPI.Session(simulator.url, ignore_ssl=True)
+        session.xenapi.login_with_password(simulator.username, simulator.password, "1.0", "plugin-tests")
+        member = simulator.pool.hosts[1]
+        assert json.loads(plugin(session, member, "xenhost", "host_data"))["host_uuid"] == member.uuid
+        plugin(session, member, "xenstore", "write_record", dom_id="2", path="k", value="v")
+        assert json.loads(plugin(session, member, "xenstore", "read_record", dom_id="2", path="k")) == "v"
+    finally:
+        simulator.stop()

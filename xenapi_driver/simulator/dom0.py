@@ -164,7 +164,8 @@ class _LocalSession(XenAPI.Session):
     """The host's XAPI, as dom0's local socket gives it: a pool member forwards to its master."""
 
     def __init__(self, url, session_ref):
-        XenAPI.Session.__init__(self, url)
+        # dom0's local socket has no TLS: do not verify the simulator's certificate either.
+        XenAPI.Session.__init__(self, url, ignore_ssl=url.startswith("https:"))
         self._url = url
         self._session = session_ref
         self._master = None
@@ -181,7 +182,8 @@ class _LocalSession(XenAPI.Session):
             master = exc.details[1]
             if ":" not in master and parts.port:
                 master = "%s:%d" % (master, parts.port)
-            self._master = XenAPI.Session(urllib.parse.urlunsplit((parts.scheme, master, "/", "", "")))
+            master_url = urllib.parse.urlunsplit((parts.scheme, master, "/", "", ""))
+            self._master = XenAPI.Session(master_url, ignore_ssl=parts.scheme == "https")
             self._master._session = self._session
             return self._master.xenapi_request(methodname, params)
 
@@ -231,10 +233,13 @@ conventions, output and exit codes as the real tools for what plug-ins use.
 """
 import json
 import os
+import ssl
 import sys
 import urllib.request
 
 URL = {url!r} + "/_simulator/xenstore"
+# dom0 reaches its own xenstored locally: no certificate to check.
+CONTEXT = ssl._create_unverified_context() if URL.startswith("https:") else None
 TOOL = os.path.basename(sys.argv[0])
 
 
@@ -246,7 +251,7 @@ def call(op, path, value=None):
         URL, data=json.dumps(body).encode(), headers={{"Content-Type": "application/json"}}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=CONTEXT) as response:
             reply = json.loads(response.read().decode())
     except OSError as exc:
         sys.stderr.write("%s: could not connect to xenstored: %s\\n" % (TOOL, exc))
