@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(not sshd_available(), reason="OpenSSH server not
 FAKE_XE = """#!/bin/sh
 # stands in for XAPI's xe on the test dom0: answers the one query the installer makes
 if [ "$1" = "sr-list" ]; then cat "{sr_file}"; exit 0; fi
+if [ "$1" = "host-param-get" ]; then echo 192.0.2.10; exit 0; fi
 echo "unexpected xe call: $*" >&2; exit 1
 """
 
@@ -163,7 +164,10 @@ def test_root_ssh_trust_between_dom0s(dom0s, known_hosts, capsys):
     for src, dst in ((first, second), (second, first)):
         key = (src.root / "root/.ssh/id_ed25519.pub").read_text().split()[:2]
         assert " ".join(key) in (dst.root / "root/.ssh/authorized_keys").read_text()
-        assert dst.server.host_public_key_line in (src.root / "root/.ssh/known_hosts").read_text()
+        known = (src.root / "root/.ssh/known_hosts").read_text()
+        # under the name used here and the management address XAPI reports (what migration uses)
+        assert f"{dst.server.known_hosts_name},[192.0.2.10]:{dst.server.port} " in known
+        assert dst.server.host_public_key_line in known
     capsys.readouterr()
     assert run_cli([first, second], known_hosts) == 0
     assert capsys.readouterr().out.count("up to date") == 2

@@ -120,7 +120,8 @@ class HostInstaller:
         self._say = say
         self.client = None
         self.sftp = None
-        self.host_key_line: str | None = None
+        self.host_key: str | None = None  # "type base64"
+        self.management_address: str | None = None
         self.changes = 0
 
     # --------------------------------------------------------------- output
@@ -197,7 +198,7 @@ class HostInstaller:
             raise InstallerError(f"{target}: unreachable on port {target.port} ({reason})") from None
         self.client = client
         key = client.get_transport().get_remote_server_key()
-        self.host_key_line = f"{target.known_hosts_name} {key.get_name()} {key.get_base64()}"
+        self.host_key = f"{key.get_name()} {key.get_base64()}"
         self.sftp = client.open_sftp()
 
     def close(self) -> None:
@@ -256,7 +257,33 @@ class HostInstaller:
             )
         if not re.match(r"^[0-9a-f-]{36}$", uuids[0]):
             raise InstallerError(f"{self.target}: unexpected 'xe sr-list' output {out.strip()!r}")
+        self.management_address = self._management_address()
         return uuids[0]
+
+    def _management_address(self) -> str | None:
+        """The address XAPI gives this host (what migration will ssh to), if xe can say."""
+        try:
+            with self.sftp.open(self.remote("/etc/xensource-inventory"), "r") as handle:
+                inventory = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        match = re.search(r"^INSTALLATION_UUID=['\"]?([0-9a-f-]{36})", inventory, re.M)
+        if not match:
+            return None
+        status, out, _ = self.run(f"xe host-param-get uuid={match.group(1)} param-name=address", check=False)
+        address = out.strip()
+        if status != 0 or not re.match(r"^[0-9A-Za-z.:-]{1,253}$", address):
+            return None
+        return address
+
+    @property
+    def known_hosts_line(self) -> str:
+        """This host's key under the name we reached it by and its XAPI management address."""
+        names = [self.target.known_hosts_name]
+        if self.management_address and self.management_address != self.target.host:
+            address = self.management_address
+            names.append(address if self.target.port == 22 else f"[{address}]:{self.target.port}")
+        return f"{','.join(names)} {self.host_key}"
 
     # ---------------------------------------------------------------- steps
     def _mkdirs(self, path: str, mode: int = 0o755) -> None:
@@ -392,7 +419,7 @@ def establish_trust(installers: list[HostInstaller]) -> None:
                 )
             source.ensure_line(
                 "/root/.ssh/known_hosts",
-                destination.host_key_line or "",
+                destination.known_hosts_line,
                 f"{destination.target.host}'s host key",
             )
 
