@@ -10,6 +10,7 @@ import XenAPI
 from test_plugin_migration import make_chain, read_chain
 
 from xenapi_driver.simulator import api
+from xenapi_driver.simulator.dom0 import ssh_mesh
 from xenapi_driver.simulator.handlers import xenstore as sim_xenstore
 
 
@@ -69,8 +70,7 @@ def test_xenstore_through_the_simulators_endpoint(sim):
 def test_chain_moves_between_simulated_hosts_over_openssh(sim):
     simulator, session = sim
     src, dst = simulator.pool.hosts
-    dst.sandbox.start_sshd(dst.address)
-    src.sandbox.trust(dst.sandbox)
+    ssh_mesh([(host.sandbox, host.address) for host in simulator.pool.hosts])
     uuids, content = make_chain(src.sandbox, seed=31)
     instance = str(uuid.uuid4())
     for seq, vdi in enumerate(uuids):

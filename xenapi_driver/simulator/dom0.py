@@ -697,6 +697,20 @@ class Dom0Sandbox:
             handle.write(data)
 
 
+def ssh_mesh(members: list[tuple[Dom0Sandbox, str]]) -> None:
+    """Root SSH trust between every pair of simulated dom0s, as install-plugins sets it up.
+
+    ``members`` pairs each sandbox with its host's address (e.g. ``SimHost.address``); each
+    sandbox's sshd is started on that address. Stop them with :meth:`Dom0Sandbox.stop_sshd`.
+    """
+    for sandbox, address in members:
+        sandbox.start_sshd(address)
+    for source, _ in members:
+        for destination, _ in members:
+            if source is not destination:
+                source.trust(destination)
+
+
 def _add_line(path: Path, line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text().splitlines() if path.exists() else []
@@ -787,4 +801,5 @@ __all__ = [
     "plugin_files",
     "plugins_source_dir",
     "prepare_sandbox",
+    "ssh_mesh",
 ]
