@@ -609,7 +609,8 @@ class ResourcePool:
             raise
         if self._session.call_xenapi("VM.get_power_state", vm) == "Halted":
             LOG.info("Starting nova-compute VM %s of %s", member.compute_vm, member.compute)
-            self._session.call_xenapi("VM.start", vm, False, False)
+            host = self._session.call_xenapi("host.get_by_uuid", member.host_uuid)
+            self._session.call_xenapi("VM.start_on", vm, host, False, False)
 
     def _restart_joiner_compute(self, member: _Member) -> bool:
         """Start the joining host's compute VM again after a failed join (on its own host)."""

@@ -95,15 +95,22 @@ class Compute:
     pool: ResourcePool
     vm_uuid: str
 
-    def restart(self, **kwargs: Any) -> None:
-        """nova-compute restarts: a new session and a new ResourcePool (no memory kept)."""
-        self.session.close()
+    def restart(self, crashed: bool = True, **kwargs: Any) -> None:
+        """nova-compute restarts: a new session and a new ResourcePool (no memory kept).
+
+        A crashed process logs nothing out: its XAPI sessions stay valid until XAPI
+        expires them (and a plug-in started with one keeps using it).
+        """
+        if not crashed:
+            self.session.close()
+        self.abandoned.append(self.session)
         self.session = XenAPISession(self.host.url, *self._creds)
         self.pool = ResourcePool(
             self.session, self.name, compute_vm_uuid=self.vm_uuid, join_timeout=30, **kwargs
         )
 
     _creds: tuple[str, str] = ("root", "xenroot")
+    abandoned: list = dataclasses.field(default_factory=list)
 
 
 @pytest.fixture
@@ -153,3 +160,5 @@ def computes(sim: Any, pool_conf: None) -> Iterator[list[Compute]]:
     finally:
         for c in out:
             c.session.close()
+            for old in c.abandoned:
+                old.close()
