@@ -486,7 +486,23 @@ class VolumeOps:
             )
         return connector
 
-    def attach_volume(self, connection_info: dict[str, Any], instance: Any, mountpoint: str | None) -> None:
+    def attach_volume(
+        self,
+        connection_info: dict[str, Any],
+        instance: Any,
+        mountpoint: str | None,
+        encryption: dict[str, Any] | None = None,
+    ) -> None:
+        """Hot-plug (running VM) or cold-attach (stopped VM) a volume at ``mountpoint``.
+
+        Front-end encrypted volumes are refused: XenServer has no dm-crypt
+        layer between a LUN and the guest.
+        """
+        if encryption and (encryption.get("provider") or encryption.get("cipher")):
+            raise nova_exception.VolumeEncryptionNotSupported(
+                volume_type=vu.volume_type(connection_info) or "?",
+                volume_id=vu.parse_connection_info(connection_info).volume_id,
+            )
         vm_ref, _record = self._vm(instance)
         try:
             self.connect_volume(vm_ref, connection_info, mountpoint, hotplug=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from tests.volumes.guest_helpers import MiB, Target, make_instance, make_vm
 
 from nova import exception as nova_exception
+from tests.volumes.guest_helpers import MiB, Target, make_instance, make_vm
 from xenapi_driver import volume_utils as vu
 from xenapi_driver.volumeops import VolumeOps
 
