@@ -11,14 +11,16 @@ method is listed below with the reason.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import unittest
 
 from nova.tests.unit import utils as nova_test_utils
 from nova.tests.unit.virt import test_virt_drivers as nova_virt_drivers
 from nova.tests.unit.virt.test_virt_drivers import FakeConnectionTestCase  # noqa: F401  (run as is)
 
-from nova import test
+from nova import monkey_patch, test
 from xenapi_nova_tests import tolerate_newer_dependencies, xenapi_suite_skip_reason
 from xenapi_nova_tests.simulator_fixture import (
     XenServerConfFixture,
@@ -108,6 +110,12 @@ class XenAPIDriverTestCase(nova_virt_drivers._VirtDriverTestCase, test.TestCase)
         logger = logging.getLogger(nova_virt_drivers.__name__)
         logger.addHandler(recorder)
         self.addCleanup(self._check_not_implemented, logger, recorder)
+
+    def test_concurrency_mode_is_the_one_asked_for(self) -> None:
+        # The eventlet group must really run monkey-patched, the default one must not.
+        patched = os.environ.get("OS_NOVA_DISABLE_EVENTLET_PATCHING", "").lower() not in ("1", "true", "yes")
+        self.assertEqual(patched, monkey_patch.is_patched())
+        self.assertEqual(patched, "eventlet" in sys.modules)
 
     def test_poll_rebooting_instances(self) -> None:
         # Nova's version passes (instance, network_info) pairs where the
