@@ -171,3 +171,10 @@ def test_console_missing_and_bad_domid(dom0):
         with pytest.raises(XapiError) as err:
             call(dom0, "console", "get_console_log", dom_id=bad)
         assert err.value.code == "INVALID_ARGUMENT"
+
+
+def test_json_encoded_identifiers_are_accepted_but_values_are_verbatim(dom0, xapi):
+    """call_plugin_serialized JSON-encodes every argument: identifiers are unwrapped, free text is not."""
+    args = {"dom_id": json.dumps("7"), "path": json.dumps("vm-data/q"), "value": '"quoted"'}
+    call(dom0, "xenstore", "write_record", **args)
+    assert xapi.store.read("/local/domain/7/vm-data/q") == '"quoted"'

@@ -97,14 +97,20 @@ def _shown(value, limit=80):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def require(args, name):
-    """The string argument ``name``; a clear failure when it is missing."""
+def require(args, name, verbatim=False):
+    """The string argument ``name``; a clear failure when it is missing.
+
+    Identifiers, paths, numbers and flags may also arrive JSON-encoded (as
+    ``call_plugin_serialized`` sends them) and are unwrapped: a quoted UUID
+    is unambiguous. Free-form text (``verbatim``: XenStore values, passwords,
+    tokens) is taken exactly as sent.
+    """
     if not isinstance(args, dict) or name not in args:
         fail("MISSING_ARGUMENT", name)
     value = args[name]
     if not isinstance(value, str):
         invalid(name, "must be a string, got %s" % type(value).__name__)
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+    if not verbatim and len(value) >= 2 and value[0] == '"' and value[-1] == '"':
         # call_plugin_serialized sends every argument JSON-encoded: accept both forms.
         try:
             decoded = json.loads(value)
@@ -115,10 +121,10 @@ def require(args, name):
     return value
 
 
-def optional(args, name, default=None):
+def optional(args, name, default=None, verbatim=False):
     if not isinstance(args, dict) or name not in args or args[name] == "":
         return default
-    return require(args, name)
+    return require(args, name, verbatim)
 
 
 def validate_uuid(name, value):
