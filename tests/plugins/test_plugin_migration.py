@@ -375,3 +375,16 @@ def test_interrupted_transfer_cleans_up(hosts):
     assert not [p for p in src.sr_path().iterdir() if p.name.startswith(".xenapi-transfer")]
     left = subprocess.run(["pgrep", "-f", str(src.sr_path())], capture_output=True, text=True).stdout
     assert left.strip() == ""
+
+
+def test_stale_staging_of_a_killed_transfer_is_removed(dom0):
+    old = dom0.sr_path() / ".xenapi-transfer-old"
+    old.mkdir()
+    (old / "0.vhd").write_bytes(b"x")
+    os.utime(old, (1, 1))
+    recent = dom0.sr_path() / ".xenapi-transfer-running"
+    recent.mkdir()
+    uuids, _ = make_chain(dom0, levels=1)
+    call(dom0, "migration", "transfer_vhd", instance_uuid=str(uuid.uuid4()), host="127.0.0.1",
+         vdi_uuid=uuids[0], sr_path=sr_arg(dom0), seq_num="0")  # fmt: skip
+    assert not old.exists() and recent.exists()

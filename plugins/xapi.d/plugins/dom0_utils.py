@@ -329,6 +329,25 @@ def remove_tree(path):
     os.rmdir(path)
 
 
+def remove_stale(directory, prefix, max_age=86400):
+    """Remove ``prefix``* entries older than ``max_age`` seconds (left by a killed plug-in)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if now - os.lstat(path).st_mtime > max_age:
+                get_logger("cleanup").info("removing stale %s", path)
+                remove_tree(path)
+        except OSError:
+            pass
+
+
 def wait_until(predicate, timeout, interval=0.1):
     """Poll ``predicate`` until it returns a true value or ``timeout`` seconds pass."""
     deadline = time.time() + timeout
