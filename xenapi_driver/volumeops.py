@@ -147,12 +147,15 @@ class VolumeOps:
                 continue
             if target.lun is None or str((vdi.get("sm_config") or {}).get("LUNid")) == str(target.lun):
                 return ref, rec
+        if target.volume_id:
+            for ref, rec in vbds.items():
+                if (rec.get("other_config") or {}).get(vu.VBD_VOLUME_ID_KEY) == target.volume_id:
+                    return ref, rec
         userdevice = vu.mountpoint_to_userdevice(mountpoint)
         for ref, rec in vbds.items():
-            oc = rec.get("other_config") or {}
-            if target.volume_id and oc.get(vu.VBD_VOLUME_ID_KEY) == target.volume_id:
-                return ref, rec
-            if userdevice is not None and rec.get("userdevice") == userdevice:
+            recorded = (rec.get("other_config") or {}).get(vu.VBD_VOLUME_ID_KEY)
+            # By device only when the VBD does not say it belongs to another volume.
+            if userdevice is not None and rec.get("userdevice") == userdevice and not recorded:
                 return ref, rec
         return None
 
@@ -630,7 +633,16 @@ class VolumeOps:
                 f"{requested_size} were requested; check the LUN was grown on the target"
             )
         if rec.get("currently_attached"):
-            self._unplug_vbd(vbd_ref)
+            # XenServer's disk back-end does not pass a size change to a plugged
+            # guest device: re-plug it.
+            try:
+                self._unplug_vbd(vbd_ref)
+            except nova_exception.StorageError:
+                raise nova_exception.StorageError(
+                    reason=f"volume {target.volume_id} grew to {size} bytes, but the guest of instance "
+                    f"{instance.uuid} holds the device, so it keeps the old size until the device is "
+                    "re-plugged (reboot the instance, or detach and attach the volume)"
+                ) from None
             self._session.call_xenapi("VBD.plug", vbd_ref)
         LOG.info("Volume %s of instance %s now has %d bytes", target.volume_id, instance.uuid, size)
 

@@ -250,3 +250,56 @@ def test_forget_unused_srs_after_a_crash(sim, session, managed_host):
     assert len(_volume_srs(sim)) == 1
     assert ops.forget_unused_srs() == [vu.sr_uuid_for("127.0.0.1", "3260", target.iqn)]
     assert _volume_srs(sim) == []
+
+
+def test_concurrent_attaches_and_detaches_share_one_sr(sim, session, managed_host):
+    import threading
+
+    target = Target(sim)
+    infos = [target.connection_info(lun) for lun in range(4)]
+    for lun in range(4):
+        target.add_lun(lun)
+    instances = [make_instance() for _ in range(4)]
+    vms = [make_vm(sim, managed_host, inst, running=True) for inst in instances]
+    ops = VolumeOps(session)
+    errors = []
+
+    def run(action):
+        threads = [threading.Thread(target=action, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+
+    def attach(i):
+        try:
+            ops.attach_volume(infos[i], instances[i], "/dev/xvdb")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def detach(i):
+        try:
+            ops.detach_volume(infos[i], instances[i], "/dev/xvdb")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    run(attach)
+    assert errors == []
+    assert len(_volume_srs(sim)) == 1
+    assert all(_vbd_at(sim, vm, "1")["currently_attached"] for vm in vms)
+    run(detach)
+    assert errors == []
+    assert _volume_srs(sim) == []
+
+
+def test_detach_by_device_never_takes_another_volume(sim, session, managed_host):
+    target = Target(sim)
+    target.add_lun(0)
+    instance = make_instance()
+    vm = make_vm(sim, managed_host, instance, running=True)
+    ops = VolumeOps(session)
+    ops.attach_volume(target.connection_info(0, volume_id="vol-a"), instance, "/dev/xvdb")
+    other = Target(sim).connection_info(0, volume_id="vol-b")  # never attached
+    ops.detach_volume(other, instance, "/dev/xvdb")
+    assert _vbd_at(sim, vm, "1") is not None
