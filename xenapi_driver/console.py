@@ -4,7 +4,7 @@
   ``/var/log/xen/guest/console.<domid>`` in dom0 (once the operator enabled
   guest console logging); dom0's ``console`` plug-in returns its last
   100 KiB (Nova's own limit for console logs), zlib-compressed and base64.
-  Nova receives the bytes and decodes them itself.
+  Nova receives them as Latin-1 text (byte for byte) and decodes them itself.
 * ``get_vnc_console``: XAPI serves a running VM's VNC (``rfb``) console over
   HTTP at the console record's ``location``; Nova's noVNC proxy connects to
   ``host:port`` and sends ``CONNECT <internal_access_path>``. The host is
@@ -69,8 +69,15 @@ class ConsoleOps:
 
     # -- console log ---------------------------------------------------------
 
-    def get_console_output(self, instance: Any) -> bytes:
-        """The tail (at most 100 KiB) of the instance's console log, as bytes."""
+    def get_console_output(self, instance: Any) -> str:
+        """The tail (at most 100 KiB) of the instance's console log.
+
+        Returned as text decoded as Latin-1, so every byte survives: Nova's
+        compute manager encodes a string back with Latin-1 before it cuts the
+        tail and decodes for the API. A running instance without a log yet (or
+        with guest console logging disabled on the host) gives "" and a
+        warning, as Nova's libvirt driver does for a missing console file.
+        """
         _vm_ref, record = self._vm(instance)
         domid = int(record.get("domid", -1))
         if record.get("power_state") not in ("Running", "Paused") or domid < 1:
@@ -82,13 +89,14 @@ class ConsoleOps:
         except xexc.XenAPIError as exc:
             if exc.code == "NOT_FOUND":
                 LOG.warning(
-                    "Instance %s (domain %d) has no console log in dom0; enable guest console logging "
-                    "on host %s (xenstore-write /local/logconsole/@ /var/log/xen/guest/console.%%d)",
+                    "Instance %s (domain %d) has no console log in dom0 yet; if it stays empty, enable "
+                    "guest console logging on host %s (xenstore-write /local/logconsole/@ "
+                    "/var/log/xen/guest/console.%%d)",
                     instance.uuid,
                     domid,
                     self._session.host_address,
                 )
-                raise nova_exception.ConsoleNotAvailable() from None
+                return ""
             raise nova_exception.ConsoleLogOutputException(
                 instance_id=instance.uuid, reason=f"dom0 console plug-in failed: {exc.code}"
             ) from None
@@ -98,7 +106,7 @@ class ConsoleOps:
             raise nova_exception.ConsoleLogOutputException(
                 instance_id=instance.uuid, reason="the console plug-in returned undecodable data"
             ) from None
-        return data[-MAX_CONSOLE_BYTES:]
+        return data[-MAX_CONSOLE_BYTES:].decode("latin-1")
 
     # -- VNC -----------------------------------------------------------------
 

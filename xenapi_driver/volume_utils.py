@@ -42,8 +42,12 @@ SUPPORTED_TYPES = ("iscsi",)
 MAX_USERDEVICE = 15
 
 
-class UnsupportedVolumeType(nova_exception.VolumeDriverNotSupported):
-    """Cinder gave a volume type XenServer cannot attach."""
+class UnsupportedVolumeType(nova_exception.VolumeDriverNotSupported, NotImplementedError):
+    """Cinder gave a volume type XenServer cannot attach.
+
+    Also a NotImplementedError: the driver implements volumes, but not of this
+    type (Nova's generic driver tests use the type ``fake``).
+    """
 
     msg_fmt = (
         "Volumes of type %(volume_driver)s cannot be attached by the XenServer driver: "

@@ -465,14 +465,16 @@ class VolumeOps:
         """What Cinder needs to export a volume to this XenServer host.
 
         ``ip`` and ``initiator`` are the XenServer host's (it, not the
-        compute VM, logs in to the target); ``host`` is this nova-compute's
-        name, as Cinder tracks attachments by it.
+        compute VM, logs in to the target), unless ``[DEFAULT]
+        my_block_storage_ip`` is set apart from ``my_ip``: then that address
+        is the one storage sees. ``host`` is this nova-compute's name, as
+        Cinder tracks attachments by it.
         """
         host_ref = self._session.host_ref
         record = self._session.get_rec("host", host_ref) or {}
         iqn = record.get("iscsi_iqn") or (record.get("other_config") or {}).get("iscsi_iqn")
         connector: dict[str, Any] = {
-            "ip": record.get("address") or self._session.host_address,
+            "ip": self._block_storage_ip(record),
             "host": CONF.host,
             "multipath": False,
             "platform": "x86_64",
@@ -488,6 +490,11 @@ class VolumeOps:
                 record.get("name_label") or host_ref,
             )
         return connector
+
+    def _block_storage_ip(self, host_record: dict[str, Any]) -> str:
+        if CONF.my_block_storage_ip and CONF.my_block_storage_ip != CONF.my_ip:
+            return CONF.my_block_storage_ip
+        return host_record.get("address") or self._session.host_address
 
     def attach_volume(
         self,

@@ -303,3 +303,21 @@ def test_detach_by_device_never_takes_another_volume(sim, session, managed_host)
     other = Target(sim).connection_info(0, volume_id="vol-b")  # never attached
     ops.detach_volume(other, instance, "/dev/xvdb")
     assert _vbd_at(sim, vm, "1") is not None
+
+
+def test_volume_connector_storage_ip(session):
+    import nova.conf
+
+    conf = nova.conf.CONF
+    conf.set_override("my_ip", "192.0.2.1")
+    conf.set_override("my_block_storage_ip", "198.51.100.7")
+    try:
+        assert VolumeOps(session).get_volume_connector(make_instance())["ip"] == "198.51.100.7"
+    finally:
+        conf.clear_override("my_ip")
+        conf.clear_override("my_block_storage_ip")
+
+
+def test_unsupported_type_is_also_not_implemented():
+    with pytest.raises(NotImplementedError):
+        vu.parse_connection_info({"driver_volume_type": "fake", "data": {}})
