@@ -173,7 +173,11 @@ def test_boot_from_volume_root_device(sim, session, managed_host):
     assert root["bootable"] and not root["currently_attached"]
     assert _db(sim).get("VDI", root["VDI"])["sm_config"]["LUNid"] == "0"
     assert not _vbd_at(sim, vm, "1")["bootable"]
-    # destroy: every volume VBD goes and the SR is forgotten
+    # the VM boots with both volumes attached
+    session.call_xenapi("VM.start_on", vm, managed_host.ref, False, False)
+    assert _vbd_at(sim, vm, "0")["currently_attached"] and _vbd_at(sim, vm, "1")["currently_attached"]
+    # destroy: after the hard shutdown every volume VBD goes and the SR is forgotten
+    session.call_xenapi("VM.hard_shutdown", vm)
     ops.detach_all(vm)
     assert _vbd_at(sim, vm, "0") is None and _vbd_at(sim, vm, "1") is None
     assert _volume_srs(sim) == []
