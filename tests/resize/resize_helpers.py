@@ -1,0 +1,131 @@
+"""Helpers for resize tests: a compute's objects, instances, disks with real data."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+from nova import objects
+from nova.virt import fake
+from xenapi_driver import hostops, migrateops, vhd, vmops
+from xenapi_driver.session import XenAPISession
+from xenapi_driver.simulator.handlers import storage
+
+MiB = 1024**2
+GiB = 1024**3
+_ids = iter(range(1, 1_000_000))
+
+
+def flavor(name: str, root_gb: int = 1, ephemeral_gb: int = 0, swap: int = 0, memory_mb: int = 512) -> Any:
+    return objects.Flavor(
+        name=name, flavorid=name, memory_mb=memory_mb, vcpus=1, root_gb=root_gb,
+        ephemeral_gb=ephemeral_gb, swap=swap, extra_specs={},
+    )  # fmt: skip
+
+
+def make_instance(fl: Any, **fields: Any) -> objects.Instance:
+    """A Nova Instance (not in a DB): ``save`` records progress instead."""
+    fields.setdefault("id", next(_ids))
+    fields.setdefault("uuid", str(uuid.uuid4()))
+    inst = objects.Instance(flavor=fl, memory_mb=fl.memory_mb, vcpus=fl.vcpus, root_gb=fl.root_gb,
+                            ephemeral_gb=fl.ephemeral_gb, metadata={}, system_metadata={}, **fields)  # fmt: skip
+    progress: list[int] = []
+    object.__setattr__(inst, "saved_progress", progress)
+    object.__setattr__(inst, "save", lambda *a, **k: progress.append(inst.progress))
+    return inst
+
+
+def disk_path(pool: Any, vdi_ref: str) -> Path:
+    return storage.disk_path(pool, vdi_ref)
+
+
+def write_pattern(path: Path, seed: int, count: int = 8, span: int = 64 * MiB) -> None:
+    """Random 4 KiB-aligned writes (libvhdi-safe) into the VHD leaf at ``path``."""
+    rng = random.Random(seed)
+    with vhd.open_chain(str(path)) as chain:
+        for _ in range(count):
+            offset = rng.randrange(0, span // 4096 - 64) * 4096
+            chain.write(offset, rng.randbytes(4096 * rng.randint(1, 64)))
+
+
+def digest(path: Path, length: int | None = None) -> str:
+    """SHA-256 of a disk's virtual contents read through its VHD chain (first ``length`` bytes)."""
+    h = hashlib.sha256()
+    with vhd.open_chain(str(path), writable=False) as chain:
+        size = chain.virtual_size if length is None else length
+        offset = 0
+        while offset < size:
+            n = min(64 * MiB, size - offset)
+            h.update(chain.read(offset, n))
+            offset += n
+    return h.hexdigest()
+
+
+class DataImageSource:
+    """A root disk with real data in a two-level chain (a base and a leaf with its own writes)."""
+
+    def __init__(self, compute: Compute, size: int = 64 * MiB, seed: int = 1) -> None:
+        self.compute = compute
+        self.size = size
+        self.seed = seed
+
+    def root_vdi(self, context: Any, instance: Any, image_meta: Any, sr_ref: str) -> str:
+        s = self.compute.session
+        vdi = s.call_xenapi("VDI.create", {"name_label": "image", "SR": sr_ref, "virtual_size": str(self.size),
+                                           "type": "user", "sharable": False, "read_only": False,
+                                           "other_config": {}})  # fmt: skip
+        write_pattern(disk_path(self.compute.pool, vdi), self.seed)
+        snap = s.call_xenapi("VDI.snapshot", vdi, {})  # the image's base becomes a hidden parent
+        s.call_xenapi("VDI.destroy", snap)
+        write_pattern(disk_path(self.compute.pool, vdi), self.seed + 100, count=4)
+        return vdi
+
+
+class Compute:
+    """One nova-compute's XAPI objects, built as XenAPIDriver builds them."""
+
+    def __init__(self, sim: Any, pool: Any, host: Any) -> None:
+        self.sim = sim
+        self.pool = pool
+        self.host = host
+        self.session = XenAPISession(host.url, sim.username, sim.password, originator="resize-tests")
+        self.hostops = hostops.HostOps(self.session)
+        self.vmops = vmops.VMOps(self.session, fake.FakeVirtAPI(), hostops=self.hostops,
+                                 image_source=DataImageSource(self))  # fmt: skip
+        self.migrateops = migrateops.MigrateOps(self.session, self.vmops)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def spawn(self, inst: Any, power_on: bool = True) -> str:
+        self.vmops.spawn(None, inst, objects.ImageMeta.from_dict({}), [], None, {}, network_info=[],
+                         power_on=power_on)  # fmt: skip
+        return self.vmops.lookup(inst)[0]
+
+    def root(self, inst: Any, role: str = "root") -> tuple[str, Path]:
+        vm_ref, _ = self.vmops.lookup(inst)
+        for vbd in self.session.call_xenapi("VM.get_VBDs", vm_ref):
+            vdi = self.session.call_xenapi("VBD.get_VDI", vbd)
+            oc = self.session.call_xenapi("VDI.get_other_config", vdi)
+            if oc.get(vmops.DISK_ROLE_KEY) == role:
+                return vdi, disk_path(self.pool, vdi)
+        raise LookupError(role)
+
+    def vm_names(self) -> list[str]:
+        return sorted(
+            r["name_label"] for r in self.session.call_xenapi("VM.get_all_records").values()
+            if not r["is_control_domain"] and not r["is_a_template"]
+        )  # fmt: skip
+
+    def sr_files(self) -> set[str]:
+        """VHD files in this host's local SR after a scan (GC run)."""
+        sr = self.session.call_xenapi("SR.get_by_uuid", self.host.local_sr_uuid)
+        self.session.call_xenapi("SR.scan", sr)
+        return {p.name for p in self.host.sandbox.sr_path().iterdir() if p.suffix == ".vhd"}
+
+    def staging(self) -> list[str]:
+        images = self.host.sandbox.path("/images")
+        return sorted(p.name for p in images.iterdir()) if images.exists() else []
