@@ -349,7 +349,10 @@ class LiveMigrationOps:
         with self._lock:
             task = self._tasks.get(instance.uuid)
         if task is None:
-            raise NotImplementedError("no live migration of this instance runs on this host")
+            # Finished (or not started) already: Nova's own state decides what happens next.
+            LOG.info("No XAPI migration task of %s runs on this host; nothing to abort", instance.uuid)
+            return
+        LOG.info("Aborting the live migration of %s (cancelling XAPI task %s)", instance.uuid, task)
         self._session.call_xenapi("task.cancel", task)
 
     def live_migration_force_complete(self, instance):
@@ -360,6 +363,9 @@ class LiveMigrationOps:
         """On the source, after success: XAPI already moved or removed the source VM; end the
         Storage XenMotion session."""
         _end_receive_session(migrate_data)
+
+    def post_live_migration_at_source(self, context, instance, network_info):
+        """On the source: nothing to unplug; the VIFs left with the VM (or with its record)."""
 
     def post_live_migration_at_destination(
         self, context, instance, network_info, block_migration=False, block_device_info=None
