@@ -91,3 +91,34 @@ def test_reset_restores_initial_state(sim):
     assert len(s2.xenapi.host.get_all()) == 3
     assert sim.call_counts["network.create"] == 0
     s2.xenapi.session.logout()
+
+
+def _wait_task(xapi, task):
+    deadline = time.monotonic() + 20
+    while xapi.task.get_status(task) == "pending" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return xapi.task.get_status(task)
+
+
+def test_fail_next_async_name_fails_only_the_task(sim, xapi):
+    """``Async.Class.msg`` arms the asynchronous form only: its task ends in failure."""
+    sim.faults.fail_next("Async.pool.sync_database", "SR_BACKEND_FAILURE_46", "", "busy", "")
+    xapi.pool.sync_database()  # the synchronous call is not armed
+    task = xapi.Async.pool.sync_database()
+    assert _wait_task(xapi, task) == "failure"
+    assert xapi.task.get_error_info(task) == ["SR_BACKEND_FAILURE_46", "", "busy", ""]
+    task = xapi.Async.pool.sync_database()  # fired once only
+    assert _wait_task(xapi, task) == "success"
+    # the plain name still fails the next call, made either way
+    sim.faults.fail_next("pool.sync_database", "HOST_OFFLINE", "OpaqueRef:h")
+    task = xapi.Async_pool_sync_database()
+    assert _wait_task(xapi, task) == "failure"
+
+
+def test_fail_next_async_name_checked(sim):
+    with pytest.raises(ValueError, match="not a XAPI message"):
+        sim.faults.fail_next("Async.VM.strat", "INTERNAL_ERROR")
+    with pytest.raises(ValueError, match="no asynchronous form"):
+        sim.faults.fail_next("Async.session.logout", "INTERNAL_ERROR")
+    with pytest.raises(ValueError, match="no asynchronous form"):
+        sim.faults.fail_next("Async.VM.get_name_label", "INTERNAL_ERROR")

@@ -129,6 +129,12 @@ def test_subprocess_mode_and_remote_control():
         sim.restart_toolstack()
         proxy = xmlrpc.client.ServerProxy(sim.url)
         assert proxy.host.get_all(s._session)["ErrorDescription"][0] == "SESSION_INVALID"
+        scsi = sim.create_lun("iqn.2010-10.org.openstack:remote", 2, 1024**2)
+        target = Path(sim.info["state_dir"]) / "iscsi-targets" / "iqn.2010-10.org.openstack:remote"
+        assert (target / "lun2").stat().st_size == 1024**2
+        assert scsi.startswith("36")
+        sim.set_agent_enabled(sim.pools[0].hosts[0], False)
+        sim.set_agent_enabled(sim.pools[0].hosts[0].uuid, True)
         sim.power_off_host(sim.pools[0].hosts[1])
         with pytest.raises(ConnectionRefusedError):
             xmlrpc.client.ServerProxy(sim.pools[0].hosts[1].url).session.login_with_password("root", "x")

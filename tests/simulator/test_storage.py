@@ -198,7 +198,8 @@ def test_sr_full(xapi, sim, failure):
 
 def test_iscsi_sr_introduce_plug_scan(xapi, sim):
     iqn = "iqn.2010-10.org.openstack:volume-00000001"
-    scsi = sr_backend.create_lun(sim.world.iscsi_root, iqn, 0, 8 * MiB)
+    scsi = sim.create_lun(iqn, 0, 8 * MiB)  # the public API (sr_backend.create_lun underneath)
+    assert scsi == sr_backend.lun_scsi_id(iqn, 0)
     host = sim.pool.master.ref
     import uuid as uuidlib
 

@@ -123,6 +123,25 @@ def test_guest_agent_through_the_agent_plugin(xapi, sim):
     xapi.VM.hard_shutdown(vm)
 
 
+def test_agents_switched_through_the_public_api(xapi, sim):
+    """``Simulator.set_agent_enabled``/``agents_for``: a host's agents fall silent and come back."""
+    host = sim.pool.master
+    vm = make_vm(xapi, "switched")
+    xapi.VM.start_on(vm, host.ref, False, False)
+    domid = int(xapi.VM.get_domid(vm))
+    try:
+        sim.set_agent_enabled(host.uuid, False)
+        assert sim.agents_for(host).enabled is False
+        with pytest.raises(XenAPI.Failure) as info:
+            xapi.host.call_plugin(host.ref, "agent", "version", {"dom_id": str(domid), "timeout": "1"})
+        assert "AGENT_TIMEOUT" in info.value.details
+    finally:
+        sim.set_agent_enabled(host, True)
+    assert agent_call(xapi, host.ref, "version", domid)["message"] == "1.0.0"
+    assert sim.agents_for(host.ref).state(domid).requests
+    xapi.VM.hard_shutdown(vm)
+
+
 def test_vm_without_agent_times_out(xapi, sim):
     host = sim.pool.master
     vm = make_vm(xapi, "silent", other_config={"simulator-agent": "false"})
@@ -150,5 +169,11 @@ def test_reset_gives_every_host_a_fresh_store():
         sim.reset()
         assert not xs(host, "exists", f"/local/domain/{domid}")["value"]
         assert xs(host, "read", "/local/domain/0/name")["value"] == "Domain-0"
+        # reset hooks dropped the per-host caches: domids count from the start again
+        s = XenAPI.Session(sim.url)
+        s.xenapi.login_with_password(sim.username, sim.password, "1.0", "reset-test")
+        vm = make_vm(s.xenapi, "after-reset")
+        s.xenapi.VM.start(vm, False, False)
+        assert s.xenapi.VM.get_domid(vm) == domid
     finally:
         sim.stop()

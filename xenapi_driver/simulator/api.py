@@ -107,6 +107,33 @@ class Simulator:
     def add_pool(self, hosts: int = 1) -> SimPool:
         return self.world.add_pool(hosts)
 
+    # -- guest agents and storage targets (for tests and demos) ----------------------------
+    def agents_for(self, host: SimHost | str):
+        """The :class:`~xenapi_driver.simulator.guest_agent.GuestAgents` of a host.
+
+        ``.enabled`` switches every agent of the host; ``.state(domid)`` shows what
+        a guest's agent negotiated and received (password, resetnetwork calls ...).
+        """
+        from .handlers import xenstore
+
+        return xenstore.agents_for(self._host(host))
+
+    def set_agent_enabled(self, host: SimHost | str, enabled: bool) -> None:
+        """Switch the guest agents of a host on or off (off: requests go unanswered)."""
+        from .handlers import xenstore
+
+        xenstore.set_agent_enabled(self._host(host), enabled)
+
+    def create_lun(self, target_iqn: str, lun: int, size: int) -> str:
+        """Add a LUN of ``size`` bytes to the simulated iSCSI target ``target_iqn``; return its SCSI id.
+
+        Every pool of this simulator sees the target (``SR.introduce`` with
+        ``device_config`` ``targetIQN`` and ``SCSIid``, then ``PBD.plug``).
+        """
+        from . import sr_backend
+
+        return sr_backend.create_lun(self.world.iscsi_root, target_iqn, int(lun), int(size))
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -365,6 +392,14 @@ class RemoteSimulator:
 
     def power_on_host(self, host: RemoteHost | str) -> None:
         self._control("power_on", host=host.uuid if isinstance(host, RemoteHost) else host)
+
+    def set_agent_enabled(self, host: RemoteHost | str, enabled: bool) -> None:
+        self._control(
+            "agent_enabled", host=host.uuid if isinstance(host, RemoteHost) else host, enabled=bool(enabled)
+        )
+
+    def create_lun(self, target_iqn: str, lun: int, size: int) -> str:
+        return str(self._control("create_lun", target_iqn=target_iqn, lun=int(lun), size=int(size)))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

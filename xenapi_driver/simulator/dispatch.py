@@ -137,7 +137,10 @@ def call(world: World, host: SimHost, name: str, params: list) -> object:
 
 def execute(ctx: CallContext, msg: Message, args: list) -> object:
     """Run a resolved, type-checked message (fault injection applies here)."""
-    err = ctx.world.faults.take_failure(msg.full_name)
+    faults = ctx.world.faults
+    err = faults.take_failure(f"Async.{msg.full_name}") if ctx.task is not None else None
+    if err is None:
+        err = faults.take_failure(msg.full_name)
     if err is not None:
         raise err
     handler = registry.lookup_message(msg.full_name)

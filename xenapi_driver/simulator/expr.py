@@ -5,7 +5,9 @@ Why: clients filter on the server with expressions such as
 the simulator must accept exactly what XAPI's ``Db_filter`` accepts and
 give the same answers, surprises included:
 
-* values are ``"literal"`` or ``field "name"``; strings have no escapes;
+* values are ``"literal"`` or ``field "column"``, where the column is the
+  *database* name (``name__label``, ``memory__static_max``; see
+  :mod:`.dbnames`); strings have no escapes;
   the only comparison is ``=`` (exact, case-sensitive string equality on
   the database form: ``true``/``false``, decimal numbers, enum values as
   the datamodel spells them, e.g. ``Running``);
@@ -14,6 +16,10 @@ give the same answers, surprises included:
 * ``not`` binds more loosely than both: ``not a and b`` is
   ``not (a and b)`` -- use parentheses;
 * ``true``, ``false`` and parentheses.
+
+Errors are XAPI's: a malformed expression is ``INVALID_VALUE [expr, why]``
+(``Db_filter.Expression_error``); a column the table lacks is
+``INTERNAL_ERROR ["missing field", column, ""]`` (``DBCache_NotFound``).
 """
 
 from __future__ import annotations
@@ -30,7 +36,16 @@ _TOKEN = re.compile(r'\s*(?:(\()|(\))|(=)|"([^"]*)"|(field|and|or|not|true|false
 
 
 def _fail(expr: str, why: str) -> XapiError:
-    return XapiError("INTERNAL_ERROR", f"invalid expression {expr!r}: {why}")
+    return XapiError("INVALID_VALUE", expr, f"invalid expression: {why}")
+
+
+def _missing(column: str, columns: dict[str, str] | set[str]) -> XapiError:
+    hint = ""
+    if isinstance(columns, dict):
+        wanted = [c for c, f in columns.items() if f == column and c != column]
+        if wanted:
+            hint = f"XAPI's database calls API field {column!r} {wanted[0]!r}"
+    return XapiError("INTERNAL_ERROR", "missing field", column, hint)
 
 
 def _tokens(expr: str) -> list[tuple[str, str]]:
@@ -69,14 +84,17 @@ def as_text(value: object) -> str:
     return str(value)
 
 
-def compile_where(expr: str, fields: dict[str, str] | set[str] | None = None) -> Predicate:
+def compile_where(expr: str, columns: dict[str, str] | set[str] | None = None) -> Predicate:
     """Compile ``expr`` into a predicate over a record dict.
 
-    ``fields`` (the class's field names) makes a misspelt field fail loudly
-    instead of silently matching nothing.
+    ``columns`` maps the class's database column names to record keys (a set
+    means both spellings are the same); a column outside it fails loudly, as
+    in XAPI, instead of silently matching nothing.  Without ``columns`` the
+    name is used as the record key.
     """
     toks = _tokens(expr)
     pos = 0
+    used: set[str] = set()
 
     def peek() -> str | None:
         return toks[pos][0] if pos < len(toks) else None
@@ -95,9 +113,13 @@ def compile_where(expr: str, fields: dict[str, str] | set[str] | None = None) ->
         kind, text = take()
         if kind == "field":
             _, name = take("str")
-            if fields is not None and name not in fields:
-                raise _fail(expr, f"unknown field {name!r}")
-            return lambda rec: as_text(rec.get(name, ""))
+            key = name
+            if columns is not None:
+                if name not in columns:
+                    raise _missing(name, columns)
+                key = columns[name] if isinstance(columns, dict) else name
+            used.add(key)
+            return lambda rec: as_text(rec.get(key, ""))
         if kind == "str":
             return lambda rec: text
         raise _fail(expr, f"expected 'field \"name\"' or a quoted string, got {text!r}")
@@ -140,4 +162,9 @@ def compile_where(expr: str, fields: dict[str, str] | set[str] | None = None) ->
     pred = chain()
     if pos != len(toks):
         raise _fail(expr, f"unexpected {toks[pos][1]!r}")
-    return pred
+
+    def predicate(rec: dict) -> bool:
+        return pred(rec)
+
+    predicate.uses_ref = "_ref" in used  # type: ignore[attr-defined]
+    return predicate

@@ -15,8 +15,11 @@ from .errors import XapiError
 class Faults:
     """Shared by every host of a simulator; all methods are thread-safe.
 
-    Method names are canonical ``Class.msg`` (an ``Async.Class.msg`` call
-    fails its task when ``Class.msg`` is armed).
+    Method names are canonical ``Class.msg`` or ``Async.Class.msg``.  A
+    plain name fails the next call made either way (an ``Async.`` call
+    reports it through its task's ``error_info``, as XAPI does); an
+    ``Async.`` name fails only the next asynchronous call, whose task then
+    ends in ``failure``.
     """
 
     def __init__(self) -> None:
@@ -28,16 +31,22 @@ class Faults:
     def fail_next(self, method: str, code: str, *params: object, count: int = 1) -> None:
         """Fail the next ``count`` calls of ``method`` with ``[code, *params]``.
 
-        ``method`` is XAPI's ``Class.msg`` (checked against the schema, so a typo
-        fails here instead of never firing).
+        ``method`` is XAPI's ``Class.msg`` or ``Async.Class.msg`` (checked
+        against the schema, so a typo fails here instead of never firing).
         """
+        from .dispatch import async_allowed
         from .schema import load
 
-        cls, _, msg = method.partition(".")
-        if load().message(cls, msg) is None:
+        is_async = method.startswith("Async.")
+        cls, _, msg = method.removeprefix("Async.").partition(".")
+        found = load().message(cls, msg)
+        if found is None:
             raise ValueError(
-                f"fail_next: {method!r} is not a XAPI message (expected 'Class.msg', e.g. 'VM.start')"
+                f"fail_next: {method!r} is not a XAPI message"
+                " (expected 'Class.msg' or 'Async.Class.msg', e.g. 'VM.start', 'Async.VM.start')"
             )
+        if is_async and not async_allowed(found):
+            raise ValueError(f"fail_next: XAPI has no asynchronous form of {cls}.{msg} ({method!r})")
         with self._lock:
             q = self._fail.setdefault(method, deque())
             for _ in range(count):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .dbnames import REF_COLUMN, columns
 from .errors import XapiError
 from .expr import compile_where
 from .schema import ClassInfo, Field, Message
@@ -45,7 +46,16 @@ def record(ctx: CallContext, cls: str, ref: str) -> dict:
 
 def all_records(ctx: CallContext, cls: str, pred: Callable[[dict], bool] | None = None) -> dict:
     with ctx.db.lock:
-        return {ref: snapshot(rec) for ref, rec in ctx.db.items(cls) if pred is None or pred(rec)}
+        if pred is None:
+            return {ref: snapshot(rec) for ref, rec in ctx.db.items(cls)}
+        if getattr(pred, "uses_ref", False):  # field "_ref": the row's own reference
+            return {ref: snapshot(rec) for ref, rec in ctx.db.items(cls) if pred({**rec, REF_COLUMN: ref})}
+        return {ref: snapshot(rec) for ref, rec in ctx.db.items(cls) if pred(rec)}
+
+
+def where_columns(info: ClassInfo) -> dict[str, str]:
+    """What ``field "..."`` may name: database columns, plus ``_ref`` (the object's reference)."""
+    return {**columns(info), REF_COLUMN: REF_COLUMN}
 
 
 def _field_for(info: ClassInfo, name: str, prefixes: tuple[str, ...]) -> tuple[str, Field] | None:
@@ -70,8 +80,7 @@ def run(ctx: CallContext, msg: Message, params: list) -> object:
     if name == "get_all_records":
         return all_records(ctx, cls)
     if name == "get_all_records_where":
-        kinds = {n: f.type.kind for n, f in info.fields.items()}
-        return all_records(ctx, cls, compile_where(params[0], kinds))
+        return all_records(ctx, cls, compile_where(params[0], where_columns(info)))
     if name == "get_by_uuid":
         return db.by_uuid(cls, params[0])
     if name == "get_by_name_label":

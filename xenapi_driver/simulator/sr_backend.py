@@ -429,6 +429,10 @@ class LunSR:
 
 def create_lun(iscsi_root: Path | str, target_iqn: str, lun: int, size: int) -> str:
     """Create a LUN file on a simulated iSCSI target and return its SCSI id (for tests and demos)."""
+    if not target_iqn or "/" in target_iqn or target_iqn.startswith("."):
+        raise ValueError(f"bad target IQN {target_iqn!r} (e.g. 'iqn.2010-10.org.openstack:volume-1')")
+    if lun < 0 or size < 0:
+        raise ValueError(f"LUN number and size must not be negative (got lun={lun}, size={size})")
     root = Path(iscsi_root) / target_iqn
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"lun{lun}", "wb") as handle:

@@ -381,6 +381,10 @@ def pool_get_license_state(ctx: CallContext, pool: str) -> dict:
 # -- simulator control (used by api.RemoteSimulator) -------------------------------------
 
 
+def _control_host(world, name: str):
+    return next(h for h in world.all_hosts() if name in (h.uuid, h.ref, h.name, h.address))
+
+
 @http_handler("POST", "/_simulator/control", auth=False)
 def simulator_control(ctx: CallContext, request) -> None:
     """Steer a simulator running in another process; needs the world's control token."""
@@ -419,8 +423,17 @@ def simulator_control(ctx: CallContext, request) -> None:
             index = body.get("pool")
             for p in world.pools if index is None else [world.pools[int(index)]]:
                 p.restart_toolstack()
+        elif op == "agent_enabled":
+            from . import xenstore
+
+            xenstore.set_agent_enabled(_control_host(world, body["host"]), bool(body["enabled"]))
+        elif op == "create_lun":
+            from .. import sr_backend
+
+            lun, size = int(body["lun"]), int(body["size"])
+            value = sr_backend.create_lun(world.iscsi_root, body["target_iqn"], lun, size)
         elif op in ("power_off", "power_on"):
-            host = next(h for h in world.all_hosts() if body["host"] in (h.uuid, h.ref, h.name, h.address))
+            host = _control_host(world, body["host"])
             if host is ctx.sim_host and op == "power_off":
                 import threading
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xenapi_driver.simulator.errors import XapiError
-from xenapi_driver.simulator.registry import message
+from xenapi_driver.simulator.registry import message, reset_hook
 from xenapi_driver.simulator.schema import NULL_REF, XDate
 from xenapi_driver.simulator.sr_backend import DiskInfo, FileSR, IsoSR, LunSR, SRBackendError, lun_scsi_id
 
@@ -115,6 +115,15 @@ def backend_of(pool, sr_ref: str, world=None):
                 iscsi_root(world or getattr(pool, "world", None)), target, device_config.get("SCSIid")
             )
     raise XapiError("SR_OPERATION_NOT_SUPPORTED", sr_ref)
+
+
+@reset_hook
+def _forget_backends(pool) -> None:
+    """Drop the cached backends of a pool's SRs: reset rebuilds them from empty directories."""
+    roots = [str(h.root.resolve()) for h in pool.hosts] + [str(pool.dir.resolve())]
+    with _BACKENDS_LOCK:
+        for key in [k for k in _BACKENDS if any(k.startswith(f"file:{r}") for r in roots)]:
+            del _BACKENDS[key]
 
 
 def _device_config(db, sr_ref: str) -> dict[str, str]:

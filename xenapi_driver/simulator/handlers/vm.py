@@ -19,7 +19,7 @@ from typing import Any
 from xenapi_driver.simulator.errors import XapiError
 from xenapi_driver.simulator.handlers import storage, xenstore
 from xenapi_driver.simulator.implicit import create_from_record
-from xenapi_driver.simulator.registry import message
+from xenapi_driver.simulator.registry import message, reset_hook
 from xenapi_driver.simulator.schema import NULL_REF
 
 HALTED, RUNNING, PAUSED, SUSPENDED = "Halted", "Running", "Paused", "Suspended"
@@ -273,6 +273,14 @@ def next_domid(host_uuid: str) -> int:
         domid = _NEXT_DOMID.get(host_uuid, 1)
         _NEXT_DOMID[host_uuid] = domid + 1
         return domid
+
+
+@reset_hook
+def _forget_domids(pool) -> None:
+    """A reset pool's hosts boot their first guest as domid 1 again."""
+    with _DOMID_LOCK:
+        for host in pool.hosts:
+            _NEXT_DOMID.pop(host.uuid, None)
 
 
 def _console_location(ctx_pool, host_ref: str, console_uuid: str, db) -> str:

@@ -13,7 +13,7 @@ import json
 import threading
 
 from xenapi_driver.simulator.guest_agent import GuestAgents, XenStore, XenStoreError
-from xenapi_driver.simulator.registry import host_hook, http_handler
+from xenapi_driver.simulator.registry import host_hook, http_handler, reset_hook
 
 _LOCK = threading.Lock()
 _STORES: dict[str, XenStore] = {}
@@ -122,3 +122,10 @@ def _fresh_store(pool, host) -> None:
     """A (re)populated host boots with an empty XenStore (only dom0 in it)."""
     forget_host(host)
     store_for(host)
+
+
+@reset_hook
+def _forget_stores(pool) -> None:
+    """Reset drops every host's XenStore and guest agents (the host hook then makes fresh ones)."""
+    for host in pool.hosts:
+        forget_host(host)
