@@ -245,11 +245,13 @@ class AgentOps:
 
     def __init__(self, session: Any, lookup: Any = None) -> None:
         self._session = session
-        self._lookup = lookup
+        #: ``instance -> (vm_ref, record) | None``; the driver sets VMOps.lookup (cached refs).
+        #: Without it the VM is found by its name label.
+        self.lookup = lookup
 
     def _vm(self, instance: Any) -> tuple[str, dict[str, Any]]:
-        if self._lookup is not None:
-            found = self._lookup(instance)
+        if self.lookup is not None:
+            found = self.lookup(instance)
         else:
             records = {}
             for ref in self._session.call_xenapi("VM.get_by_name_label", instance.name):

@@ -80,12 +80,14 @@ class VolumeOps:
 
     def __init__(self, session: Any, lookup: Lookup | None = None) -> None:
         self._session = session
-        self._lookup = lookup
+        #: ``instance -> (vm_ref, record) | None``; the driver sets VMOps.lookup (cached refs).
+        #: Without it the VM is found by its name label.
+        self.lookup = lookup
 
     # -- finding things ------------------------------------------------------
 
     def _vm(self, instance: Any) -> tuple[str, dict[str, Any]]:
-        found = self._lookup(instance) if self._lookup is not None else self._find_vm(instance)
+        found = self.lookup(instance) if self.lookup is not None else self._find_vm(instance)
         if found is None:
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
         return found
@@ -525,7 +527,7 @@ class VolumeOps:
 
     def detach_volume(self, connection_info: dict[str, Any], instance: Any, mountpoint: str | None) -> None:
         """Detach; a volume no longer on the VM (or a VM already gone) is not an error."""
-        found = self._lookup(instance) if self._lookup is not None else self._find_vm(instance)
+        found = self.lookup(instance) if self.lookup is not None else self._find_vm(instance)
         target = vu.parse_connection_info(connection_info)
         if found is None:
             LOG.info("Instance %s has no VM; volume %s is already detached", instance.uuid, target.volume_id)

@@ -33,10 +33,16 @@ def _domid(sim, vm):
     return int(sim.pools[0].db.get("VM", vm)["domid"])
 
 
+def _fresh_log(host, domid):
+    """Domain ids can repeat across simulator resets: start each test's log empty."""
+    host.sandbox.path(f"/var/log/xen/guest/console.{domid}").unlink(missing_ok=True)
+
+
 def test_console_output_is_the_log_tail(sim, session, managed_host):
     instance = make_instance()
     vm = make_vm(sim, managed_host, instance, running=True)
     ops = ConsoleOps(session)
+    _fresh_log(managed_host, _domid(sim, vm))
     managed_host.sandbox.append_console(_domid(sim, vm), b"Booting...\r\nlogin: \xe9t\xe9\n")
     text = ops.get_console_output(instance)
     assert isinstance(text, str) and text.encode("latin-1") == b"Booting...\r\nlogin: \xe9t\xe9\n"
@@ -48,7 +54,8 @@ def test_console_output_is_the_log_tail(sim, session, managed_host):
 
 def test_console_output_unavailable(sim, session, managed_host):
     running, stopped = make_instance(), make_instance()
-    make_vm(sim, managed_host, running, running=True)  # no log written (yet, or logging disabled)
+    vm = make_vm(sim, managed_host, running, running=True)
+    _fresh_log(managed_host, _domid(sim, vm))  # no log written (yet, or logging disabled)
     make_vm(sim, managed_host, stopped, running=False)
     ops = ConsoleOps(session)
     assert ops.get_console_output(running) == ""

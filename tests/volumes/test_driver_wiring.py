@@ -82,6 +82,7 @@ def test_volume_agent_and_console_through_the_driver(sim, managed_host, driver):
     domid = int(db.get("VM", vm)["domid"])
     assert xenstore.agents_for(managed_host).state(domid).password == "Pa55-via-driver"
 
+    managed_host.sandbox.path(f"/var/log/xen/guest/console.{domid}").unlink(missing_ok=True)
     managed_host.sandbox.append_console(domid, b"hello console\n")
     assert driver.get_console_output(None, instance) == "hello console\n"
     assert driver.get_vnc_console(None, instance).port == managed_host.port

@@ -131,6 +131,7 @@ class VolumeAgentConsoleRestTest(integrated_helpers._IntegratedTestBase):
         self.assertEqual(PASSWORD, xenstore.agents_for(host).state(domid).password)
 
         # Console output (last lines) and the VNC console.
+        host.sandbox.path(f"/var/log/xen/guest/console.{domid}").unlink(missing_ok=True)
         host.sandbox.append_console(domid, b"one\ntwo\nthree\nlogin: \n")
         output = self.api.post_server_action(server["id"], {"os-getConsoleOutput": {"length": 2}})
         self.assertEqual("login: \n", output["output"])
