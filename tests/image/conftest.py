@@ -21,12 +21,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import nova.conf  # noqa: E402
 import nova.context  # noqa: E402
+from glance_api import TOKEN, GlanceAPI  # noqa: E402
 
 from nova import objects  # noqa: E402
 from xenapi_driver.session import XenAPISession  # noqa: E402
 from xenapi_driver.simulator import api  # noqa: E402
-
-from glance_api import TOKEN, GlanceAPI  # noqa: E402
 
 CONF = nova.conf.CONF
 objects.register_all()

@@ -135,14 +135,14 @@ class GlanceAPI:
                 glance.requests.append((method, self.path))
                 if self.headers.get("X-Auth-Token") != glance.token:
                     self._body() if method in ("PUT", "PATCH") else None
-                    self._reply(401, b'{"error": "authentication required"}')
+                    self._reply(401, b"401 Unauthorized: authentication required", "text/plain")
                     return None
                 if self.path.rstrip("/") == "/v2/schemas/image":
                     return "schema", False
                 match = re.match(r"^/v2/images/([0-9a-f-]+)(/file)?$", self.path)
                 if not match or match.group(1) not in glance.images:
                     self._body() if method in ("PUT", "PATCH") else None
-                    self._reply(404, b'{"error": "no such image"}')
+                    self._reply(404, b"404 Not Found: no such image", "text/plain")
                     return None
                 return match.group(1), bool(match.group(2))
 
@@ -193,7 +193,7 @@ class GlanceAPI:
                     return
                 rec = glance.images[image_id]
                 if not rec.get("disk_format") or not rec.get("container_format"):
-                    self._reply(400, b'{"error": "set disk_format and container_format first"}')
+                    self._reply(400, b"400 Bad Request: set disk_format and container_format first", "text/plain")
                     return
                 glance._store(image_id, data)
                 self._reply(204, ctype="text/html; charset=UTF-8")

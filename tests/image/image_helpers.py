@@ -91,3 +91,27 @@ def make_instance(**fields: Any) -> objects.Instance:
         "flavor", objects.Flavor(memory_mb=256, vcpus=1, root_gb=1, ephemeral_gb=0, swap=0, name="m1")
     )
     return objects.Instance(**fields)
+
+
+def read_image_disk(data: bytes, disk_format: str, container_format: str, workdir: Path) -> bytes:
+    """The disk bytes an uploaded image holds, read independently of the code under test."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if container_format in ("ovf", "tgz"):
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            names = archive.getnames()
+            archive.extractall(workdir, filter="data")
+        if disk_format == "raw":
+            assert names == ["disk.raw"], names
+            return (workdir / "disk.raw").read_bytes()
+        files = [workdir / f"{n}.vhd" for n in range(len(names))]
+        assert sorted(names) == sorted(f.name for f in files), names
+        for n in range(len(files) - 2, -1, -1):
+            vhd.reparent(str(files[n]), str(files[n + 1]))
+        leaf = files[0]
+    else:
+        assert disk_format == "vhd"
+        leaf = workdir / "image.vhd"
+        leaf.write_bytes(data)
+    vhd.check(str(leaf), walk_parents=True)
+    with vhd.open_chain(str(leaf), writable=False) as chain:
+        return chain.read(0, chain.virtual_size)

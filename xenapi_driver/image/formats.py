@@ -6,6 +6,8 @@ XenServer clouds store images as:
   ``0.vhd`` the leaf, ``1.vhd`` its parent, and so on (what snapshots upload);
 * ``vhd`` in ``bare``: one VHD file (dynamic or a single standalone chain member);
 * ``raw`` (and ``ami``) in ``bare``: the disk's bytes;
+* ``raw`` in ``tgz``: a gzip'd tar of one raw disk file (what the
+  deployment guide's ``VdiThroughDevStore`` uploads);
 * ``iso``: a CD image, booted from a CD drive beside a blank root disk;
 * ``aki``/``ari``: kernel and ramdisk of AMI-style images, copied to dom0's
   ``/boot/guest``.
@@ -25,13 +27,14 @@ class Kind(enum.Enum):
     TGZ_VHD = "tgz"
     VHD = "vhd"
     RAW = "raw"
+    RAW_TGZ = "raw-tgz"
     ISO = "iso"
     KERNEL = "kernel"
     RAMDISK = "ramdisk"
 
     @property
     def is_disk(self) -> bool:
-        return self in (Kind.TGZ_VHD, Kind.VHD, Kind.RAW)
+        return self in (Kind.TGZ_VHD, Kind.VHD, Kind.RAW, Kind.RAW_TGZ)
 
 
 def kind_of(meta: dict[str, Any]) -> Kind:
@@ -44,6 +47,8 @@ def kind_of(meta: dict[str, Any]) -> Kind:
         return Kind.VHD
     if disk in ("raw", "ami") and container in ("bare", "ami", ""):
         return Kind.RAW
+    if disk == "raw" and container == "tgz":
+        return Kind.RAW_TGZ
     if disk == "iso":
         return Kind.ISO
     if disk == "aki" or container == "aki":

@@ -98,6 +98,8 @@ class StreamHandler:
                 vdi = self._tgz(image_id, chunks, progress, sr_ref, name, made)
             elif kind is Kind.VHD:
                 vdi = self._vhd(image_id, chunks, size, progress, sr_ref, name, made)
+            elif kind is Kind.RAW_TGZ:
+                vdi = self._raw_tgz(image_id, chunks, progress, sr_ref, name, made)
             else:  # raw, iso, kernel, ramdisk: the bytes are the disk
                 vdi = sr.create_vdi(self.session, sr_ref, size, name)
                 made.append(vdi)
@@ -188,6 +190,26 @@ class StreamHandler:
             return vdi
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _raw_tgz(self, image_id, chunks, progress, sr_ref, name, made) -> str:
+        """A tgz holding one raw disk file: streamed from the archive straight into the VDI."""
+        reader = _ChunkReader(chunks, progress)
+        try:
+            archive = tarfile.open(fileobj=reader, mode="r|gz")
+            member = archive.next()
+        except (tarfile.TarError, zlib.error, EOFError) as exc:
+            raise errors.bad_image(image_id, f"not a valid gzip'd tar: {exc}") from None
+        if member is None or not member.isfile() or member.size <= 0:
+            raise errors.bad_image(image_id, "the tgz holds no disk file")
+        source = archive.extractfile(member)
+        vdi = sr.create_vdi(self.session, sr_ref, member.size, name)
+        made.append(vdi)
+        body = iter(lambda: source.read(xapi_http.CHUNK), b"")
+        try:
+            xapi_http.put_vdi(self.session, sr_ref, vdi, "raw", member.size, body)
+        except (tarfile.TarError, zlib.error, EOFError) as exc:
+            raise errors.bad_image(image_id, f"the tgz is damaged: {exc}") from None
+        return vdi
 
     # -- upload --------------------------------------------------------------------------
     def upload(self, context: Any, image_id: str, sr_ref: str, vdi_ref: str, properties: dict) -> None:
@@ -340,8 +362,9 @@ class LocalDevHandler(StreamHandler):
     """``vdi_local_dev`` ("VdiThroughDevStore"): raw disks in a tgz, through nova-compute.
 
     Uploads are a gzip'd tar holding the disk's raw bytes (``disk_format=raw``,
-    ``container_format=tgz``... as the deployment guide's store writes them);
-    downloads accept the same, and every format the stream handler accepts.
+    ``container_format=tgz``, as the deployment guide's store writes them);
+    downloads accept every format the stream handler accepts (which includes
+    raw tgz images).
     The bytes are read with XAPI's ``export_raw_vdi?format=raw`` rather than
     from a block device plugged into the compute VM: the result in Glance is
     the same, and nothing depends on the compute VM's device names.
@@ -362,36 +385,6 @@ class LocalDevHandler(StreamHandler):
         finally:
             export.close()
         progress.finish()
-
-    def download(self, context: Any, image_id: str, meta: dict[str, Any], sr_ref: str, name: str) -> str:
-        disk = str(meta.get("disk_format") or "").lower()
-        container = str(meta.get("container_format") or "").lower()
-        if disk != "raw" or container != "tgz":
-            return super().download(context, image_id, meta, sr_ref, name)
-        return self._raw_tgz(context, image_id, meta, sr_ref, name)
-
-    def _raw_tgz(self, context, image_id, meta, sr_ref, name) -> str:
-        progress = Progress(f"download of image {image_id}", int(meta.get("size") or 0))
-        reader = _ChunkReader(self.image_api.chunks(context, image_id), progress)
-        made: list[str] = []
-        try:
-            try:
-                archive = tarfile.open(fileobj=reader, mode="r|gz")
-                member = archive.next()
-            except (tarfile.TarError, zlib.error, EOFError) as exc:
-                raise errors.bad_image(image_id, f"not a valid gzip'd tar: {exc}") from None
-            if member is None or not member.isfile():
-                raise errors.bad_image(image_id, "the tgz holds no disk file")
-            source = archive.extractfile(member)
-            vdi = sr.create_vdi(self.session, sr_ref, member.size, name)
-            made.append(vdi)
-            body = iter(lambda: source.read(xapi_http.CHUNK), b"")
-            xapi_http.put_vdi(self.session, sr_ref, vdi, "raw", member.size, body)
-        except Exception as exc:
-            sr.discard(self.session, sr_ref, made)
-            raise errors.translate(exc, image_id) from exc
-        progress.finish()
-        return vdi
 
 
 def _tgz_stream(name: str, size: int, chunks: Iterator[bytes], level: int) -> Iterator[bytes]:

@@ -10,8 +10,10 @@ with XAPI's error code.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -203,7 +205,13 @@ class Export:
         return self._response.read(n if n and n > 0 else CHUNK)
 
     def close(self) -> None:
+        """Drop the connection (so XAPI stops sending at once) and the task."""
         try:
+            sock = self._conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._response.close()
             self._conn.close()
         finally:
             self._task.destroy()
