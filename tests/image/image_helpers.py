@@ -88,7 +88,7 @@ def make_instance(**fields: Any) -> objects.Instance:
     fields.setdefault("id", next(_ids))
     fields.setdefault("uuid", str(uuid.uuid4()))
     fields.setdefault(
-        "flavor", objects.Flavor(memory_mb=256, vcpus=1, root_gb=1, ephemeral_gb=0, swap=0, name="m1")
+        "flavor", objects.Flavor(memory_mb=256, vcpus=1, root_gb=0, ephemeral_gb=0, swap=0, name="m1")
     )
     return objects.Instance(**fields)
 
