@@ -63,8 +63,9 @@ class Progress:
     SPIN = "|/-\\"
 
     def __init__(
-        self, title: str, sample: Callable[[], tuple[int, int | None]], out: TextIO, tty: bool
+        self, name: str, title: str, sample: Callable[[], tuple[int, int | None]], out: TextIO, tty: bool
     ) -> None:
+        self.name = name
         self.title = title
         self.sample = sample
         self.out = out
@@ -78,7 +79,7 @@ class Progress:
             self._thread = threading.Thread(target=self._run, name="demo-progress", daemon=True)
             self._thread.start()
         else:
-            print(f"  ... {self.title}", file=self.out, flush=True)
+            print(f"  {self.name:<13} ...      {self.title}", file=self.out, flush=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -102,9 +103,10 @@ class Progress:
             frac = max(0.0, min(1.0, done / total))
             filled = int(frac * self.WIDTH)
             bar = "#" * filled + "." * (self.WIDTH - filled)
-            return f"  {self.title:<24} [{bar}] {frac * 100:5.1f}% {human_bytes(done):>9} {elapsed:5.1f} s"
+            return f"  {self.name:<13} [{bar}] {frac * 100:5.1f}% {human_bytes(done):>9} {elapsed:5.1f} s"
         extra = f" {human_bytes(done)}" if done else ""
-        return f"  {self.title:<24} {self.SPIN[tick % len(self.SPIN)]} {elapsed:5.1f} s{extra}"
+        spin = self.SPIN[tick % len(self.SPIN)]
+        return f"  {self.name:<13} {spin} {elapsed:5.1f} s{extra}  {self.title}"
 
     def _run(self) -> None:
         tick = 0
@@ -114,7 +116,7 @@ class Progress:
 
 
 def print_step(result: StepResult, out: TextIO) -> None:
-    """The one line a finished step prints."""
+    """The line (two with a note) a finished step prints."""
     if result.status == OK:
         parts = [human_seconds(result.seconds)]
         if result.xapi_calls is not None:
@@ -124,14 +126,12 @@ def print_step(result: StepResult, out: TextIO) -> None:
         if result.downtime is not None:
             parts.append(f"downtime {human_seconds(result.downtime)}")
         detail = ", ".join(parts)
-        line = f"  ok       {result.title:<34} {detail}"
-    elif result.status == SKIPPED:
-        line = f"  skipped  {result.title:<34} {result.note}"
     else:
-        line = f"  FAILED   {result.title:<34} {result.note}"
+        detail = result.note
+    print(f"  {result.name:<13} {result.status:<8} {detail}", file=out)
     if result.status == OK and result.note:
-        line += f"  ({result.note})"
-    print(line, file=out, flush=True)
+        print(f"  {'':<13} {'':<8} {result.note}", file=out)
+    out.flush()
 
 
 def print_timeline(results: list[StepResult], out: TextIO, total_seconds: float) -> None:

@@ -308,13 +308,13 @@ class Demo:
         missing = sorted({m for d in self.cloud.drivers() for m in overrides(d, *step.needs)})
         if step.blocked_by and any(r.name == step.blocked_by and r.status != OK for r in self.results):
             result.status = SKIPPED
-            result.note = f"skipped: needs the {step.blocked_by} step"
+            result.note = f"needs the {step.blocked_by} step"
         elif missing:
             result.status = SKIPPED
-            result.note = f"skipped: not available yet (XenAPIDriver does not implement {', '.join(missing)})"
+            result.note = f"not available yet: XenAPIDriver does not implement {', '.join(missing)}"
         elif self.server is None and step.name != "boot":
             result.status = SKIPPED
-            result.note = "skipped: no server (the boot step failed)"
+            result.note = "no server (the boot step failed)"
         if result.status == SKIPPED:
             report.print_step(result, self.out)
             return result
@@ -338,7 +338,7 @@ class Demo:
                 outcome["traceback"] = traceback.format_exc()
 
         worker = threading.Thread(target=work, name=f"demo-step-{step.name}", daemon=True)
-        with report.Progress(step.title, sample, self.out, self.tty):
+        with report.Progress(step.name, step.title, sample, self.out, self.tty):
             worker.start()
             worker.join(STEP_TIMEOUT + 30)
         ended = time.monotonic()
