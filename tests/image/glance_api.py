@@ -48,6 +48,7 @@ class GlanceAPI:
         self.data: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        self.down = False  # once stopped, even kept-alive connections are dropped
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -99,6 +100,7 @@ class GlanceAPI:
         )
 
     def stop(self) -> None:
+        self.down = True
         self._server.shutdown()
         self._server.server_close()
 
@@ -133,6 +135,10 @@ class GlanceAPI:
 
             def _route(self, method: str):
                 glance.requests.append((method, self.path))
+                if glance.down:
+                    self.close_connection = True
+                    self.connection.close()
+                    return None
                 if self.headers.get("X-Auth-Token") != glance.token:
                     self._body() if method in ("PUT", "PATCH") else None
                     self._reply(401, b"401 Unauthorized: authentication required", "text/plain")
@@ -193,7 +199,9 @@ class GlanceAPI:
                     return
                 rec = glance.images[image_id]
                 if not rec.get("disk_format") or not rec.get("container_format"):
-                    self._reply(400, b"400 Bad Request: set disk_format and container_format first", "text/plain")
+                    self._reply(
+                        400, b"400 Bad Request: set disk_format and container_format first", "text/plain"
+                    )
                     return
                 glance._store(image_id, data)
                 self._reply(204, ctype="text/html; charset=UTF-8")

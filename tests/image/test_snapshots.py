@@ -15,11 +15,11 @@ from image_helpers import (
     sr_state,
     vdi_bytes,
 )
+from nova.compute import task_states
+from nova.network import model as network_model
 
 from nova import exception as nova_exception
 from nova import objects
-from nova.compute import task_states
-from nova.network import model as network_model
 from nova.virt import fake
 from xenapi_driver import vhd
 from xenapi_driver.driver import XenAPIDriver

@@ -72,7 +72,7 @@ class ImageCache:
     def lookup(self, sr_ref: str, image_id: str) -> tuple[str, dict[str, Any]] | None:
         """The cache entry of ``image_id`` on ``sr_ref``, if any (one XAPI call)."""
         expr = (
-            f'field "name_label" = "{sr.quote(cache_label(image_id))}" and field "SR" = "{sr.quote(sr_ref)}"'
+            f'field "name__label" = "{sr.quote(cache_label(image_id))}" and field "SR" = "{sr.quote(sr_ref)}"'
         )
         for ref, rec in self.session.get_all_records_where("VDI", expr).items():
             if (rec.get("other_config") or {}).get(CACHE_KEY) == image_id and rec.get("managed", True):

@@ -320,6 +320,9 @@ class DirectVHDHandler:
         try:
             result = json.loads(self.session.call_plugin("glance", "download_vhd", args))
         except xexc.XenAPIError as exc:
+            if exc.code == "COMMAND_FAILED" and str(exc.params[:1]).startswith("['vhd-util"):
+                # Only the received image is examined with vhd-util before it enters the SR.
+                raise errors.bad_image(image_id, f"dom0's vhd-util refused it: {exc.params[-1]}") from exc
             raise errors.translate(exc, image_id, url) from exc
         LOG.info(
             "dom0 downloaded image %s (%s bytes) as chain %s", image_id, result.get("size"), result["chain"]
