@@ -221,8 +221,10 @@ class LiveMigrationOps:
                 if dest_host == vm.get("resident_on"):
                     raise _pre_check_error("the instance already runs on the destination host")
                 self._session.call_xenapi("VM.assert_can_boot_here", vm_ref, dest_host)
-                # Not Storage XenMotion: forget the prepared receive map.
-                facts.pop("receive", None)
+                # Not Storage XenMotion: end the prepared session and forget it.
+                if facts.pop("receive", None) is not None:
+                    _end_receive_session(dest_check_data)
+                    dest_check_data.vtpm_secret_value = None
                 dest_check_data.filename = json.dumps(facts, sort_keys=True)
             else:
                 dest = XenAPIMigrateData.receive_map(dest_check_data)

@@ -76,6 +76,8 @@ ADDRESS = "address"
 COMPUTE_VM = "compute_vm"
 _MEMBER_FIELDS = (HOST_UUID, ADDRESS, COMPUTE_VM)
 
+#: Seconds between the driver's reconcile runs (Nova 34 has no driver periodic hook).
+RECONCILE_INTERVAL = 60.0
 #: Where a Xen guest finds its own VM UUID.
 HYPERVISOR_UUID_PATH = "/sys/hypervisor/uuid"
 #: Metadata values are at most 255 characters (Nova's API schema and DB).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import (
+from lm_helpers import (
     Side,
     disk_digest,
     first_bytes,
@@ -90,7 +90,7 @@ def test_live_migration_within_a_pool(pool_sim):
 
 
 def _default_sr(sim: Any, pool: Any) -> str:
-    from conftest import xapi_login
+    from lm_helpers import xapi_login
 
     s = xapi_login(pool.master.url, sim)
     try:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import Side, make_guest, make_instance
+from lm_helpers import Side, make_guest, make_instance
 
 from xenapi_driver.live_migration import SESSION_PLACEHOLDER, XenAPIMigrateData
 from xenapi_driver.simulator import api

@@ -7,7 +7,7 @@ from typing import Any
 
 import nova_db
 import pytest
-from conftest import make_compute_vm, xapi_login
+from pool_helpers import make_compute_vm, xapi_login
 from test_pool_reconcile import pool_hosts, run_rounds, vm_state
 
 from xenapi_driver import pool as xpool

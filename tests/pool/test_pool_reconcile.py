@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import nova_db
-from conftest import xapi_login
+from pool_helpers import xapi_login
 
 from xenapi_driver import pool as xpool
 
