@@ -388,3 +388,10 @@ def test_stale_staging_of_a_killed_transfer_is_removed(dom0):
     call(dom0, "migration", "transfer_vhd", instance_uuid=str(uuid.uuid4()), host="127.0.0.1",
          vdi_uuid=uuids[0], sr_path=sr_arg(dom0), seq_num="0")  # fmt: skip
     assert not old.exists() and recent.exists()
+
+
+def test_move_refuses_truncated_leaf(dom0, received):
+    instance, target, _ = received
+    data = (target / "0.vhd").read_bytes()
+    (target / "0.vhd").write_bytes(data[: len(data) - 3 * 512])
+    assert "0.vhd" in _move_fails(dom0, instance)

@@ -242,7 +242,8 @@ def import_chain(staging, sr_path, new_uuids=None, log=None):
                 )
         elif info.disk_type == "differencing":
             fail("VHD_CHAIN_INVALID", "the chain is incomplete: its base %d.vhd has a parent" % n)
-    if "hidden: 1" in vhd_util("query", "-n", files[0], "-f"):
+    staged_names = [(path, "%d.vhd" % n) for n, path in enumerate(files)]
+    if "hidden: 1" in _chain_tool(staged_names, "query", "-n", files[0], "-f"):
         fail("VHD_CHAIN_INVALID", "the leaf 0.vhd is hidden: refusing to import a base copy as a disk")
     for vdi_uuid in new_uuids:
         for ext in (".vhd", ".raw"):
