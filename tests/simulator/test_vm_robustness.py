@@ -11,7 +11,17 @@ from xenapi_driver.simulator.handlers import load_all
 
 OURS = {
     "xenapi_driver.simulator.handlers.storage",
-    "xenapi_driver.simulator.handlers.vm",
+    "xenapi_driver.simulator.handlers.vm_state",
+    "xenapi_driver.simulator.handlers.placement",
+    "xenapi_driver.simulator.handlers.vm_power",
+    "xenapi_driver.simulator.handlers.vm_suspend",
+    "xenapi_driver.simulator.handlers.vm_copy",
+    "xenapi_driver.simulator.handlers.vm_provision",
+    "xenapi_driver.simulator.handlers.vm_config",
+    "xenapi_driver.simulator.handlers.vm_xenstore",
+    "xenapi_driver.simulator.handlers.vif",
+    "xenapi_driver.simulator.handlers.setters",
+    "xenapi_driver.simulator.handlers.host_power",
     "xenapi_driver.simulator.handlers.migration",
     "xenapi_driver.simulator.handlers.pool_ops",
 }

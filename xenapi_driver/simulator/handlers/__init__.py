@@ -18,11 +18,23 @@ LOG = logging.getLogger(__name__)
 MODULES = [
     "core",
     "storage",
-    "vm",
+    "vm_state",
+    "placement",
+    "vm_metrics",
+    "vif",
+    "domains",
+    "vm_power",
+    "vm_suspend",
+    "vm_copy",
+    "vm_provision",
+    "vm_config",
+    "vm_xenstore",
+    "host_power",
     "migration",
     "pool_ops",
     "http_disk",
     "xenstore",
+    "setters",  # last: plain setters only where no module above has a handler
 ]
 
 LOADED: list[str] = []

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from xenapi_driver.simulator import sessions
 from xenapi_driver.simulator.errors import XapiError
-from xenapi_driver.simulator.handlers import storage
-from xenapi_driver.simulator.handlers import vm as vmh
+from xenapi_driver.simulator.handlers import domains, placement, storage, vm_copy, vm_power, vm_state
+from xenapi_driver.simulator.handlers.vif import refresh_vif
 from xenapi_driver.simulator.registry import message
 from xenapi_driver.simulator.schema import NULL_REF
 
@@ -79,7 +79,7 @@ def _disks(db, vm_ref: str) -> list[str]:
 def plan_migration(ctx, vm_ref: str, dest: dict, vdi_map: dict, vif_map: dict) -> Plan:
     """XAPI's checks for Storage XenMotion, in its order; raises the first failure."""
     db = ctx.db
-    rec = vmh.check_operation(db, vm_ref, "migrate_send")
+    rec = vm_state.check_operation(db, vm_ref, "migrate_send")
     dest_pool = _dest_pool(ctx, dest)
     sessions.validate(dest_pool, dest.get("session_id", ""))
     ddb = dest_pool.db
@@ -112,7 +112,7 @@ def plan_migration(ctx, vm_ref: str, dest: dict, vdi_map: dict, vif_map: dict) -
         plan.vdi_targets[suspend] = target
     for sr in plan.vdi_targets.values():
         ddb.get("SR", sr)
-        if not vmh.host_sees_sr(ddb, dest_host, sr):
+        if not placement.host_sees_sr(ddb, dest_host, sr):
             raise XapiError("VM_REQUIRES_SR", vm_ref, sr)
     if same:
         plan.vif_targets = {v: n for v, n in vif_map.items() if db.exists("VIF", v)}
@@ -125,9 +125,9 @@ def plan_migration(ctx, vm_ref: str, dest: dict, vdi_map: dict, vif_map: dict) -
                     raise XapiError("VIF_NOT_IN_MAP", vif)
                 ddb.get("network", network)
                 plan.vif_targets[vif] = network
-    if rec["power_state"] in (vmh.RUNNING, vmh.PAUSED):
-        needed = vmh.vm_memory_need(rec)
-        free = vmh.host_free_memory(ddb, dest_host, exclude=vm_ref if same else None)
+    if rec["power_state"] in (vm_state.RUNNING, vm_state.PAUSED):
+        needed = placement.vm_memory_need(rec)
+        free = placement.host_free_memory(ddb, dest_host, exclude=vm_ref if same else None)
         if needed > free:
             raise XapiError("HOST_NOT_ENOUGH_FREE_MEMORY", str(needed), str(free))
         if not ddb.get("host", dest_host)["enabled"]:
@@ -149,7 +149,7 @@ def vm_migrate_send(
     copy = str((options or {}).get("copy", "false")).lower() == "true"
     with ctx.db.lock:
         plan = plan_migration(ctx, vm_ref, dest, dict(vdi_map), dict(vif_map))
-    with vmh.vm_operation(ctx, vm_ref, "migrate_send"):
+    with vm_state.vm_operation(ctx, vm_ref, "migrate_send"):
         if plan.same_pool and not copy:
             return _migrate_within_pool(ctx, vm_ref, plan)
         return _migrate_across(ctx, vm_ref, plan, copy)
@@ -166,7 +166,7 @@ def _migrate_within_pool(ctx, vm_ref: str, plan: Plan) -> str:
     for vif, network in plan.vif_targets.items():
         db.set("VIF", vif, "network", network)
     rec = db.get("VM", vm_ref)
-    if rec["power_state"] in (vmh.RUNNING, vmh.PAUSED):
+    if rec["power_state"] in (vm_state.RUNNING, vm_state.PAUSED):
         _relocate(ctx.pool, vm_ref, plan.dest_host)
     return vm_ref
 
@@ -192,9 +192,9 @@ def _repoint(db, old_vdi: str, new_vdi: str) -> None:
 def _relocate(pool, vm_ref: str, host_ref: str) -> None:
     db = pool.db
     state = db.get("VM", vm_ref)["power_state"]
-    vmh.stop_domain(pool, vm_ref, keep_devices=True)
-    db.set("VM", vm_ref, "power_state", vmh.HALTED)
-    vmh.boot_domain(pool, vm_ref, host_ref, paused=state == vmh.PAUSED, new_metrics=False)
+    domains.stop_domain(pool, vm_ref, keep_devices=True)
+    db.set("VM", vm_ref, "power_state", vm_state.HALTED)
+    domains.boot_domain(pool, vm_ref, host_ref, paused=state == vm_state.PAUSED, new_metrics=False)
 
 
 def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
@@ -228,17 +228,22 @@ def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
                 _destroy_in(dest_pool, new)
         raise
     state = rec["power_state"]
-    if state in (vmh.RUNNING, vmh.PAUSED):
+    if state in (vm_state.RUNNING, vm_state.PAUSED):
         started = _start_time(db, vm_ref)
         if not copy:
-            vmh.stop_domain(ctx.pool, vm_ref)
-            db.set("VM", vm_ref, "power_state", vmh.HALTED)
-        vmh.boot_domain(dest_pool, new_vm, plan.dest_host, paused=state == vmh.PAUSED, new_metrics=copy)
+            domains.stop_domain(ctx.pool, vm_ref)
+            db.set("VM", vm_ref, "power_state", vm_state.HALTED)
+        domains.boot_domain(
+            dest_pool, new_vm, plan.dest_host, paused=state == vm_state.PAUSED, new_metrics=copy
+        )
         if not copy and started is not None:  # a migrated guest keeps its start time
             ddb.set("VM_metrics", ddb.get("VM", new_vm)["metrics"], "start_time", started)
-    elif state == vmh.SUSPENDED:
+    elif state == vm_state.SUSPENDED:
         ddb.update(
-            "VM", new_vm, power_state=vmh.SUSPENDED, suspend_VDI=new_vdis.get(rec["suspend_VDI"], NULL_REF)
+            "VM",
+            new_vm,
+            power_state=vm_state.SUSPENDED,
+            suspend_VDI=new_vdis.get(rec["suspend_VDI"], NULL_REF),
         )
     if not copy:
         _destroy_source(ctx, vm_ref, plan)
@@ -274,7 +279,7 @@ def _copy_vm_record(ctx, vm_ref: str, ddb, plan: Plan, new_vdis: dict[str, str],
     extra = {"is_a_snapshot": rec["is_a_snapshot"], "snapshot_time": rec["snapshot_time"]}
     if keep_uuid:
         extra["uuid"] = rec["uuid"]
-    new_ref = vmh.duplicate_vm(
+    new_ref = vm_copy.duplicate_vm(
         ctx,
         vm_ref,
         rec["name_label"],
@@ -297,8 +302,8 @@ def _copy_vm_record(ctx, vm_ref: str, ddb, plan: Plan, new_vdis: dict[str, str],
             qos_algorithm_type=vif_rec["qos_algorithm_type"],
             qos_algorithm_params=dict(vif_rec["qos_algorithm_params"]),
         )
-        vmh.refresh_vif(ddb, ref)
-    vmh.refresh_vm(ddb, new_ref)
+        refresh_vif(ddb, ref)
+    vm_state.refresh_vm(ddb, new_ref)
     return new_ref
 
 
@@ -315,7 +320,7 @@ def _destroy_source(ctx, vm_ref: str, plan: Plan) -> None:
         owners = [*plan.snapshots, vm_ref]
         for owner in owners:
             if db.exists("VM", owner):
-                vmh.destroy_vm_records(db, owner)
+                vm_power.destroy_vm_records(db, owner)
         for vdi in plan.vdi_targets:
             if db.exists("VDI", vdi):
                 sr = db.get("VDI", vdi)["SR"]
@@ -327,16 +332,16 @@ def _destroy_source(ctx, vm_ref: str, plan: Plan) -> None:
 def vm_pool_migrate(ctx, vm_ref: str, host_ref: str, options: dict) -> None:
     db = ctx.db
     db.get("host", host_ref)
-    with vmh.vm_operation(ctx, vm_ref, "pool_migrate"):
+    with vm_state.vm_operation(ctx, vm_ref, "pool_migrate"):
         rec = db.get("VM", vm_ref)
-        if vmh._host_offline(ctx, host_ref):
+        if placement.host_offline(ctx, host_ref):
             raise XapiError("HOST_OFFLINE", host_ref)
         with db.lock:
-            for sr in vmh.vm_srs(db, vm_ref):
-                if not vmh.host_sees_sr(db, host_ref, sr):
+            for sr in placement.vm_srs(db, vm_ref):
+                if not placement.host_sees_sr(db, host_ref, sr):
                     raise XapiError("VM_REQUIRES_SR", vm_ref, sr)
             if host_ref != rec["resident_on"]:
-                vmh.assert_memory(db, vm_ref, host_ref)
+                placement.assert_memory(db, vm_ref, host_ref)
             if not db.get("host", host_ref)["enabled"]:
                 raise XapiError("HOST_DISABLED", host_ref)
         ctx.set_progress(0.5)
@@ -352,10 +357,10 @@ def vdi_pool_migrate(ctx, vdi_ref: str, sr_ref: str, options: dict) -> str:
     vms = {db.get("VBD", v)["VM"] for v in vdi["VBDs"]}
     for vm in vms:
         rec = db.get("VM", vm)
-        if rec["power_state"] != vmh.RUNNING:
+        if rec["power_state"] != vm_state.RUNNING:
             raise XapiError("VM_BAD_POWER_STATE", vm, "running", rec["power_state"].lower())
         host = rec["resident_on"]
-        if not vmh.host_sees_sr(db, host, sr_ref):
+        if not placement.host_sees_sr(db, host, sr_ref):
             raise XapiError("VM_REQUIRES_SR", vm, sr_ref)
     if vdi["SR"] == sr_ref:
         return vdi_ref

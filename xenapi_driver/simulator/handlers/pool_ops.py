@@ -13,8 +13,7 @@ from typing import Any
 
 from xenapi_driver.simulator import population, sessions
 from xenapi_driver.simulator.errors import XapiError
-from xenapi_driver.simulator.handlers import storage, xenstore
-from xenapi_driver.simulator.handlers import vm as vmh
+from xenapi_driver.simulator.handlers import placement, storage, vm_power, vm_state, xenstore
 from xenapi_driver.simulator.registry import message
 from xenapi_driver.simulator.schema import NULL_REF
 from xenapi_driver.simulator.world import SimPool, link_shared_sr
@@ -44,7 +43,7 @@ def _check_join(ctx, master_address: str, username: str, password: str):
         for _ref, rec in db.items("VM"):
             if rec["is_control_domain"]:
                 continue
-            if rec["power_state"] in (vmh.RUNNING, vmh.PAUSED, vmh.SUSPENDED):
+            if rec["power_state"] in (vm_state.RUNNING, vm_state.PAUSED, vm_state.SUSPENDED):
                 raise XapiError("JOINING_HOST_CANNOT_HAVE_RUNNING_OR_SUSPENDED_VMS")
             if rec["current_operations"]:
                 raise XapiError("JOINING_HOST_CANNOT_HAVE_VMS_WITH_CURRENT_OPERATIONS")
@@ -131,7 +130,7 @@ def _join(ctx, master_address: str, username: str, password: str) -> None:
         if target.shared_sr_root.exists():
             for sr_dir in sorted(target.shared_sr_root.iterdir()):
                 link_shared_sr(host, sr_dir)
-        vmh.update_host_metrics(dst, host.ref)
+        placement.update_host_metrics(dst, host.ref)
         sessions.invalidate_all(joiner_pool)
         joiner_pool.hosts.remove(host)
         src.clear()
@@ -201,9 +200,9 @@ def _forget_host_records(ctx, host_ref: str) -> None:
     doomed_vdis = {v for sr in local_srs for v in db.get("SR", sr)["VDIs"]}
     for vm, rec in list(db.items("VM")):
         if rec["is_control_domain"] and rec["resident_on"] == host_ref:
-            vmh.destroy_vm_records(db, vm)
+            vm_power.destroy_vm_records(db, vm)
         elif any(db.get("VBD", v)["VDI"] in doomed_vdis for v in rec["VBDs"]):
-            vmh.destroy_vm_records(db, vm)
+            vm_power.destroy_vm_records(db, vm)
     for sr in local_srs:
         for vdi in list(db.get("SR", sr)["VDIs"]):
             db.destroy("VDI", vdi)
