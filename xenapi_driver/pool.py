@@ -48,9 +48,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
+import xmlrpc.client
 from typing import Any
 
 import XenAPI
@@ -129,6 +131,29 @@ class _Member:
     host_uuid: str | None
     address: str | None
     compute_vm: str | None
+
+
+#: Seconds any answer of a joining host's XAPI may take (login, a few record reads).
+_REMOTE_TIMEOUT = 30.0
+
+
+class _TimeoutMixin:
+    def __init__(self, timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[call-arg]
+        self._timeout = timeout
+
+    def make_connection(self, host):  # type: ignore[no-untyped-def]
+        conn = super().make_connection(host)  # type: ignore[misc]
+        conn.timeout = self._timeout
+        return conn
+
+
+class _TimeoutTransport(_TimeoutMixin, xmlrpc.client.Transport):
+    pass
+
+
+class _TimeoutSafeTransport(_TimeoutMixin, xmlrpc.client.SafeTransport):
+    pass
 
 
 def _url_with_address(url: str, address: str) -> str:
@@ -252,6 +277,20 @@ class ResourcePool:
             return self._credentials
         opts = self._conf.xenserver
         return opts.connection_username, opts.connection_password or ""
+
+    def _remote(self, url: str) -> Any:
+        """An SDK session object for a joining host: bounded waits, the configured TLS trust."""
+        opts = self._conf.xenserver
+        timeout = max(float(opts.login_timeout), _REMOTE_TIMEOUT)
+        if url.startswith("https:"):
+            if opts.insecure:
+                context = ssl._create_unverified_context()  # noqa: S323 - the operator's choice
+            else:
+                context = ssl.create_default_context(cafile=opts.ca_file)
+            transport: xmlrpc.client.Transport = _TimeoutSafeTransport(timeout, context=context)
+        else:
+            transport = _TimeoutTransport(timeout)
+        return XenAPI.Session(url, transport=transport)
 
     def _join_force(self) -> bool:
         if self._use_join_force is not None:
@@ -398,7 +437,12 @@ class ResourcePool:
             state = meta.get(STATE_KEY, CREATED)
         if state == ERROR:
             return  # the operator sets operational_state=created to retry
-        pool_ref, pool = self._check_master()
+        pool_ref, pool = self._pool_ref()
+        if pool.get("master") != self._session.host_ref:
+            raise PoolError(
+                f"compute {self._host}'s host {self._session.host_address} is no longer the master of "
+                "its XAPI pool; set master_compute to the compute of the new master"
+            )
         if pool.get("name_label") != agg.name:
             self._session.call_xenapi("pool.set_name_label", pool_ref, agg.name)
         in_pool = self._pool_host_uuids()
@@ -409,6 +453,7 @@ class ResourcePool:
         for compute in sorted(self._recorded_computes(agg) - set(agg.hosts)):
             member = self._member(agg, compute)
             if member.host_uuid in in_pool and member.host_uuid != self._session.host_uuid:
+                self._check_master()  # preconditions only when something is to change
                 self._set_state(agg, CHANGING)
                 self._eject(agg, member, in_pool[member.host_uuid])
             self._update(agg, {member_key(compute, f): None for f in _MEMBER_FIELDS})
@@ -425,6 +470,7 @@ class ResourcePool:
             if member.compute_vm is None:
                 waiting.append(compute)
                 continue
+            self._check_master()
             self._set_state(agg, CHANGING)
             self._join(agg, member)
             in_pool = self._pool_host_uuids()
@@ -440,7 +486,7 @@ class ResourcePool:
         """Preconditions on the joining host, read with a session of its own; nothing is changed."""
         user, password = self._credentials_pair()
         url = _url_with_address(self._session.master_url, member.address or "")
-        remote = XenAPI.Session(url)
+        remote = self._remote(url)
         try:
             try:
                 remote.xenapi.login_with_password(user, password, "1.0", "xenapi-driver-pool")
@@ -617,7 +663,7 @@ class ResourcePool:
     def _restart_joiner_compute(self, member: _Member) -> bool:
         """Start the joining host's compute VM again after a failed join (on its own host)."""
         user, password = self._credentials_pair()
-        remote = XenAPI.Session(_url_with_address(self._session.master_url, member.address or ""))
+        remote = self._remote(_url_with_address(self._session.master_url, member.address or ""))
         try:
             remote.xenapi.login_with_password(user, password, "1.0", "xenapi-driver-pool")
             vm = remote.xenapi.VM.get_by_uuid(member.compute_vm)
