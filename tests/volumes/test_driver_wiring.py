@@ -23,6 +23,7 @@ CONF = nova.conf.CONF
 
 
 WIRED = [
+    "spawn",
     "get_volume_connector",
     "attach_volume",
     "detach_volume",

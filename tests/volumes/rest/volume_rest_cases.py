@@ -1,11 +1,12 @@
-"""Volumes, admin password and consoles through Nova's REST API, in-process, on the simulator.
+"""Volumes, boot from volume, admin password and consoles through Nova's REST API, on the simulator.
 
 Run under stdlib unittest in a child interpreter (tests/volumes/test_volumes_rest.py), like
 tests/nova's groups: Nova's functional harness (API, conductor, scheduler, one
 nova-compute) with its Cinder fixture answering ``connection_info`` for
 simulated iSCSI targets. The compute loads ``xenapi.XenAPIDriver`` by name;
-until driver.py carries the volume/agent/console delegation lines, the test
-swaps in ``WiredDriver`` (XenAPIDriver plus exactly those lines).
+until driver.py and vmops.py carry the proposed changes, the test swaps in
+``WiredDriver`` (tests/volumes/wired_driver.py: XenAPIDriver plus exactly
+those changes).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class VolumeAgentConsoleRestTest(integrated_helpers._IntegratedTestBase):
         # Cinder: each volume is LUN 0 of its own simulated target.
         self.iqns = {}
         infos = dict(self.cinder.VOLUME_CONNECTION_INFO)
-        for volume_id in (VOL_HOT, VOL_COLD):
+        for volume_id in (VOL_HOT, VOL_COLD, self.cinder.IMAGE_BACKED_VOL):
             iqn = f"iqn.2010-10.org.openstack:volume-{volume_id}"
             sr_backend.create_lun(self.simulator.world.iscsi_root, iqn, 0, 16 * MiB)
             self.iqns[volume_id] = iqn
@@ -160,3 +161,32 @@ class VolumeAgentConsoleRestTest(integrated_helpers._IntegratedTestBase):
 
         self._delete_server(server)
         self.assertEqual([], self._volume_srs())
+
+    def test_boot_from_volume(self) -> None:
+        root_volume = self.cinder.IMAGE_BACKED_VOL
+        lun = self.simulator.world.iscsi_root / self.iqns[root_volume] / "lun0"
+        with open(lun, "r+b") as handle:
+            handle.write(b"bootable volume")
+        request = self._build_server(networks=[{"port": self.neutron.port_1["id"]}])
+        request.pop("imageRef")
+        request["block_device_mapping_v2"] = [
+            {"source_type": "volume", "destination_type": "volume", "boot_index": 0, "uuid": root_volume}
+        ]
+        server = self._wait_for_state_change(self.api.post_server({"server": request}), "ACTIVE")
+
+        db = self._db
+        vm = self._vm(server)
+        (root,) = [
+            db.get("VBD", v) for v in db.get("VM", vm)["VBDs"] if db.get("VBD", v)["userdevice"] == "0"
+        ]
+        self.assertTrue(root["bootable"] and root["currently_attached"])
+        self.assertEqual("True", root["other_config"].get("osvol"))
+        sr = db.get("SR", db.get("VDI", root["VDI"])["SR"])
+        self.assertEqual(self._sr_uuid(root_volume), sr["uuid"])
+        # No image disk was made: the only disks are the volume.
+        self.assertEqual(["0"], sorted(db.get("VBD", v)["userdevice"] for v in db.get("VM", vm)["VBDs"]))
+
+        self._delete_server(server)
+        self.assertEqual([], self._volume_srs())
+        with open(lun, "rb") as handle:
+            self.assertEqual(b"bootable volume", handle.read(15))
