@@ -68,6 +68,18 @@ FILE_SR_TYPES = frozenset({"ext", "nfs", "file", "ext4", "local"})
 COPY_CHUNK = 4 * MiB
 HTTP_TIMEOUT = 120.0
 
+#: Where ``MigrateOps.step_hook`` fires (tests inject failures there): source, then destination.
+STEP_HOOKS = (
+    "snapshot",
+    "copy_parent",
+    "power_off",
+    "rename",
+    "copy_leaf",
+    "import",
+    "create_vm",
+    "power_on",
+)
+
 # The steps of migrate_disk_and_power_off, in order (the journal's "steps" list).
 STEPS = (
     "checked",

@@ -30,8 +30,16 @@ def make_instance(fl: Any, **fields: Any) -> objects.Instance:
     """A Nova Instance (not in a DB): ``save`` records progress instead."""
     fields.setdefault("id", next(_ids))
     fields.setdefault("uuid", str(uuid.uuid4()))
-    inst = objects.Instance(flavor=fl, memory_mb=fl.memory_mb, vcpus=fl.vcpus, root_gb=fl.root_gb,
-                            ephemeral_gb=fl.ephemeral_gb, metadata={}, system_metadata={}, **fields)  # fmt: skip
+    inst = objects.Instance(
+        flavor=fl,
+        memory_mb=fl.memory_mb,
+        vcpus=fl.vcpus,
+        root_gb=fl.root_gb,
+        ephemeral_gb=fl.ephemeral_gb,
+        metadata={},
+        system_metadata={},
+        **fields,
+    )
     progress: list[int] = []
     object.__setattr__(inst, "saved_progress", progress)
     object.__setattr__(inst, "save", lambda *a, **k: progress.append(inst.progress))
@@ -51,8 +59,12 @@ def write_pattern(path: Path, seed: int, count: int = 8, span: int = 64 * MiB) -
             chain.write(offset, rng.randbytes(4096 * rng.randint(1, 64)))
 
 
-def digest(path: Path, length: int | None = None) -> str:
-    """SHA-256 of a disk's virtual contents read through its VHD chain (first ``length`` bytes)."""
+DATA_SPAN = 128 * MiB  # every test write lands below this offset
+
+
+def digest(path: Path, length: int | None = DATA_SPAN) -> str:
+    """SHA-256 of a disk's contents read through its VHD chain: the first ``length`` bytes
+    (where the tests write), or the whole virtual disk with ``length=None``."""
     h = hashlib.sha256()
     with vhd.open_chain(str(path), writable=False) as chain:
         size = chain.virtual_size if length is None else length
@@ -74,9 +86,9 @@ class DataImageSource:
 
     def root_vdi(self, context: Any, instance: Any, image_meta: Any, sr_ref: str) -> str:
         s = self.compute.session
-        vdi = s.call_xenapi("VDI.create", {"name_label": "image", "SR": sr_ref, "virtual_size": str(self.size),
-                                           "type": "user", "sharable": False, "read_only": False,
-                                           "other_config": {}})  # fmt: skip
+        record = {"name_label": "image", "SR": sr_ref, "virtual_size": str(self.size), "type": "user",
+                  "sharable": False, "read_only": False, "other_config": {}}  # fmt: skip
+        vdi = s.call_xenapi("VDI.create", record)
         write_pattern(disk_path(self.compute.pool, vdi), self.seed)
         snap = s.call_xenapi("VDI.snapshot", vdi, {})  # the image's base becomes a hidden parent
         s.call_xenapi("VDI.destroy", snap)
