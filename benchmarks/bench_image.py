@@ -143,7 +143,7 @@ def run(size: int, fill: float, handlers: list[str], repeats: int) -> dict[str, 
             firsts, cps = [], []
             for _ in range(repeats):
                 # A fresh cache entry each round: forget the previous one.
-                for ref, rec in source.cache.entries(sr_ref).items():
+                for ref in source.cache.entries(sr_ref):
                     session.call_xenapi("VDI.set_other_config", ref, {})
                 cps.append(cp_time(big, workdir))
                 firsts.append(boot(source, context, sr_ref, info["ids"][str(big)]))
@@ -157,7 +157,9 @@ def run(size: int, fill: float, handlers: list[str], repeats: int) -> dict[str, 
                 "first_boot_ratio_to_cp": round(first / cp, 2),
                 "cached_boot_big_s": round(statistics.median(cached_big), 4),
                 "cached_boot_64MiB_s": round(statistics.median(cached_small), 4),
-                "cached_ratio_big_to_64MiB": round(statistics.median(cached_big) / statistics.median(cached_small), 2),
+                "cached_ratio_big_to_64MiB": round(
+                    statistics.median(cached_big) / statistics.median(cached_small), 2
+                ),
             }
         session.close()
         return results
@@ -173,7 +175,9 @@ def run(size: int, fill: float, handlers: list[str], repeats: int) -> dict[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="1G", help="virtual size of the big image (default 1G)")
-    parser.add_argument("--fill", type=float, default=0.5, help="fraction of blocks holding data (default 0.5)")
+    parser.add_argument(
+        "--fill", type=float, default=0.5, help="fraction of blocks holding data (default 0.5)"
+    )
     parser.add_argument(
         "--handler", action="append", choices=["direct_vhd", "vdi_remote_stream", "vdi_local_dev"],
         help="image handler(s) to measure (default: direct_vhd and vdi_remote_stream)",
@@ -181,11 +185,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="first boots per handler (best is kept)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = run(parse_size(args.size), args.fill, args.handler or ["direct_vhd", "vdi_remote_stream"], args.repeats)
+    results = run(
+        parse_size(args.size), args.fill, args.handler or ["direct_vhd", "vdi_remote_stream"], args.repeats
+    )
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"image: {results['image_bytes']} bytes (virtual {results['virtual_size']}, fill {results['fill']})")
+    print(
+        f"image: {results['image_bytes']} bytes (virtual {results['virtual_size']}, fill {results['fill']})"
+    )
     for handler, r in results["handlers"].items():
         print(
             f"{handler:18} first boot {r['first_boot_s']:.3f}s = {r['first_boot_ratio_to_cp']:.2f}x cp "

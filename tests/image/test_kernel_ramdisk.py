@@ -11,7 +11,9 @@ from xenapi_driver.image import XenAPIImageSource
 
 
 @pytest.mark.parametrize("handler", ["direct_vhd", "vdi_remote_stream"])
-def test_kernel_and_ramdisk_copied_to_boot_guest(handler, conf, sim, session, context, glance, sr_ref, sr_dir):
+def test_kernel_and_ramdisk_copied_to_boot_guest(
+    handler, conf, sim, session, context, glance, sr_ref, sr_dir
+):
     conf.set_override("image_handler", handler, group="xenserver")
     kernel, ramdisk = pattern("vmlinuz", 3 * 1024 * 1024 + 100), pattern("initrd", 700_000)
     kernel_id = glance.add(kernel, "aki", "aki")

@@ -43,6 +43,7 @@ from xenapi_driver import vhd
 from xenapi_driver.image import errors, formats, sr, xapi_http
 from xenapi_driver.image.formats import Kind
 from xenapi_driver.image.glance import ImageAPI
+from xenapi_driver.image.pipeline import ReadAhead
 from xenapi_driver.image.progress import Progress
 
 LOG = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ class StreamHandler:
         size = int(meta.get("size") or 0)
         if size <= 0:
             raise errors.bad_image(image_id, "Glance reports no data for it (size 0)")
-        chunks = self.image_api.chunks(context, image_id)
+        reader = ReadAhead(self.image_api.chunks(context, image_id))
+        chunks = iter(reader)
         progress = Progress(f"download of image {image_id}", size)
         made: list[str] = []
         try:
@@ -108,9 +110,7 @@ class StreamHandler:
             sr.discard(self.session, sr_ref, made)
             raise errors.translate(exc, image_id) from exc
         finally:
-            close = getattr(chunks, "close", None)
-            if close:
-                close()
+            reader.close()
         progress.finish()
         return vdi
 
@@ -221,11 +221,14 @@ class StreamHandler:
         )
         export = xapi_http.Export(self.session, sr_ref, vdi_ref, "vhd")
         progress = Progress(f"upload of image {image_id}", export.length or physical)
+        ahead = ReadAhead(export)
         try:
             meta = {"disk_format": "vhd", "container_format": "bare", "properties": dict(properties)}
-            self.image_api.upload(context, image_id, meta, progress.wrap(iter(export)))
+            self.image_api.upload(context, image_id, meta, progress.wrap(ahead))
         finally:
+            ahead.cancel()
             export.close()
+            ahead.close()
         progress.finish()
 
 
@@ -380,13 +383,16 @@ class LocalDevHandler(StreamHandler):
         size = export.length or int(self.session.call_xenapi("VDI.get_virtual_size", vdi_ref))
         progress = Progress(f"upload of image {image_id}", size)
         level = xconf.CONF.xenserver.image_compression_level or 1
+        ahead = ReadAhead(export)
         try:
             meta = {"disk_format": "raw", "container_format": "tgz", "properties": dict(properties)}
             self.image_api.upload(
-                context, image_id, meta, _tgz_stream("disk.raw", size, progress.wrap(iter(export)), level)
+                context, image_id, meta, _tgz_stream("disk.raw", size, progress.wrap(ahead), level)
             )
         finally:
+            ahead.cancel()
             export.close()
+            ahead.close()
         progress.finish()
 
 
