@@ -86,6 +86,14 @@ HYPERVISOR_UUID_PATH = "/sys/hypervisor/uuid"
 _MAX_VALUE = 255
 
 
+def _fit(text: str) -> str:
+    """``text`` within a metadata value's 255 characters, keeping its start and its advice at the end."""
+    if len(text) <= _MAX_VALUE:
+        return text
+    head, tail = 150, _MAX_VALUE - 150 - 5
+    return f"{text[:head]} ... {text[-tail:]}"
+
+
 def member_key(compute: str, field: str) -> str:
     """The metadata key under which ``compute`` publishes ``field``."""
     return f"xenapi:{compute}:{field}"
@@ -122,7 +130,9 @@ def find_compute_vm_uuid(conf: Any = None, path: str = HYPERVISOR_UUID_PATH) -> 
             value = handle.read().strip()
     except OSError:
         return None
-    return value or None
+    if not value or value.strip("0-") == "":
+        return None  # dom0's own handle is all zeros: not a compute VM
+    return value
 
 
 @dataclasses.dataclass
@@ -240,7 +250,7 @@ class ResourcePool:
         changes = {}
         for key, value in updates.items():
             if value is not None:
-                value = str(value)[:_MAX_VALUE]
+                value = _fit(str(value))
             if current.get(key) != value:
                 changes[key] = value
         if changes:
