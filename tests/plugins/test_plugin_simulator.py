@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -206,3 +207,21 @@ def test_plugins_reach_their_host_over_https(tmp_path):
         assert json.loads(plugin(session, member, "xenstore", "read_record", dom_id="2", path="k")) == "v"
     finally:
         simulator.stop()
+
+
+def test_power_actions_through_the_simulators_xapi(sim):
+    simulator, session = sim
+    member = simulator.pool.hosts[1]
+    x = session.xenapi
+    vm = _make_vm(x, "busy")
+    x.VM.start_on(vm, member.ref, False, False)
+    with pytest.raises(XenAPI.Failure) as err:
+        plugin(session, member, "xenhost", "host_shutdown")
+    assert err.value.details[0] == "HOST_IN_USE", err.value.details
+    assert x.host.get_enabled(member.ref) is True  # re-enabled after XAPI's refusal
+    x.VM.hard_shutdown(vm)
+    assert json.loads(plugin(session, member, "xenhost", "host_shutdown")) == {"power_action": "shutdown"}
+    deadline = time.monotonic() + 30  # the host goes away shortly after XAPI accepted
+    while member.powered and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert member.powered is False
