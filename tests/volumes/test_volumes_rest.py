@@ -21,7 +21,7 @@ REPO_ROOT = HERE.parents[1]
 CHILD_TIMEOUT = 240
 
 
-def test_volumes_boot_from_volume_password_and_consoles_through_nova_rest_api(tmp_path: Path) -> None:
+def test_volumes_through_nova_rest_api(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     env = dict(os.environ)
     paths = [str(REPO_ROOT), str(REPO_ROOT / "tests" / "nova"), str(HERE / "rest")]
@@ -59,4 +59,4 @@ def test_volumes_boot_from_volume_password_and_consoles_through_nova_rest_api(tm
         )
     if report["tests_run"] and len(report["skipped"]) == report["tests_run"]:
         pytest.skip("; ".join(s["reason"] for s in report["skipped"]))
-    assert report["tests_run"] == 2  # volumes+password+consoles, boot from volume
+    assert report["tests_run"] == 3  # volumes+password+consoles, boot from volume, swap+extend

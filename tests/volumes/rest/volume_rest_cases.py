@@ -37,6 +37,7 @@ from xenapi_driver.simulator.handlers import xenstore
 MiB = 1024**2
 VOL_HOT = "2a1f3c5e-0b7d-4e8a-9c61-5d0e7f3a1b01"
 VOL_COLD = "2a1f3c5e-0b7d-4e8a-9c61-5d0e7f3a1b02"
+GiB = 1024**3
 PASSWORD = "Rest-Adm1n-Pa55"
 
 
@@ -69,7 +70,14 @@ class VolumeAgentConsoleRestTest(integrated_helpers._IntegratedTestBase):
         # Cinder: each volume is LUN 0 of its own simulated target.
         self.iqns = {}
         infos = dict(self.cinder.VOLUME_CONNECTION_INFO)
-        for volume_id in (VOL_HOT, VOL_COLD, self.cinder.IMAGE_BACKED_VOL):
+        fixture = type(self.cinder)
+        for volume_id in (
+            VOL_HOT,
+            VOL_COLD,
+            fixture.SWAP_OLD_VOL,
+            fixture.SWAP_NEW_VOL,
+            fixture.IMAGE_BACKED_VOL,
+        ):
             iqn = f"iqn.2010-10.org.openstack:volume-{volume_id}"
             sr_backend.create_lun(self.simulator.world.iscsi_root, iqn, 0, 16 * MiB)
             self.iqns[volume_id] = iqn
@@ -190,3 +198,41 @@ class VolumeAgentConsoleRestTest(integrated_helpers._IntegratedTestBase):
         self.assertEqual([], self._volume_srs())
         with open(lun, "rb") as handle:
             self.assertEqual(b"bootable volume", handle.read(15))
+
+    def _lun(self, volume_id: str):
+        return self.simulator.world.iscsi_root / self.iqns[volume_id] / "lun0"
+
+    def test_swap_and_extend(self) -> None:
+        # Cinder's volume migration: the fixture reports the old volume as migrating.
+        old, new = self.cinder.SWAP_OLD_VOL, self.cinder.SWAP_NEW_VOL
+        server = self._create_server(networks=[{"port": self.neutron.port_1["id"]}])
+        with open(self._lun(old), "r+b") as handle:
+            handle.write(b"data to keep" * 100)
+        with open(self._lun(new), "r+b") as handle:
+            handle.truncate(32 * MiB)
+        self._attach_volume(server, old)
+
+        # Swap (PUT os-volume_attachments/<old> with the new volume): same device, data copied.
+        self.api.put_server_volume(server["id"], old, new)
+        self._wait_for_volume_attach(server["id"], new)
+        vbds = self._volume_vbds(server)
+        self.assertEqual([self._sr_uuid(new)], list(vbds))
+        new_vbd = vbds[self._sr_uuid(new)]
+        self.assertTrue(new_vbd["currently_attached"])
+        with open(self._lun(new), "rb") as handle:
+            self.assertEqual(b"data to keep" * 100, handle.read(1200))
+        self.assertEqual(1, len(self._volume_srs()))  # the old target's SR is forgotten
+
+        # Extend: Cinder grows the LUN (the fixture reports 1 GiB), then tells Nova.
+        with open(self._lun(new), "r+b") as handle:
+            handle.truncate(GiB)
+        self.api.create_server_external_events(
+            [{"name": "volume-extended", "server_uuid": server["id"], "tag": new}]
+        )
+        db = self._db
+        vdi = db.get("VDI", self._volume_vbds(server)[self._sr_uuid(new)]["VDI"])
+        self.assertEqual(GiB, int(vdi["virtual_size"]))
+        self.assertTrue(self._volume_vbds(server)[self._sr_uuid(new)]["currently_attached"])
+
+        self._delete_server(server)
+        self.assertEqual([], self._volume_srs())
