@@ -122,6 +122,8 @@ class Step:
     measure_downtime: bool = False
     progress_total: Callable[[], int | None] | None = None
     blocked_by: str | None = None
+    #: Checks made after the step was measured (their XAPI calls are not counted).
+    verify: Callable[[], str | None] | None = None
 
 
 class Demo:
@@ -137,6 +139,7 @@ class Demo:
         self.image_id: str | None = None
         self.image_bytes = 0
         self.snapshot_id: str | None = None
+        self.deleted: tuple[str, str] = ("", "")
         self.hosts: list[Any] = []
         self.notes: list[str] = []
         self.failed = False
@@ -209,7 +212,7 @@ class Demo:
                  blocked_by="resize"),
             Step("live-migrate", "live-migrate", self.live_migrate,
                  ("check_can_live_migrate_destination", "live_migration"), measure_downtime=True),
-            Step("delete", "delete the server", self.delete, ("destroy",)),
+            Step("delete", "delete the server", self.delete, ("destroy",), verify=self.verify_deleted),
         ]  # fmt: skip
 
     def boot(self) -> str | None:
@@ -275,13 +278,16 @@ class Demo:
 
     def delete(self) -> str | None:
         sid = self.server["id"]
-        name = self.server.get("OS-EXT-SRV-ATTR:instance_name") or ""
+        self.deleted = (sid, self.server.get("OS-EXT-SRV-ATTR:instance_name") or "")
         self.cloud.api.delete_server(sid)
         self.cloud.wait_gone(sid, STEP_TIMEOUT)
-        left = self._xapi_leftovers(sid, name)
+        self.server = None
+        return None
+
+    def verify_deleted(self) -> str | None:
+        left = self._xapi_leftovers(*self.deleted)
         if left:
             raise RuntimeError(f"XAPI still has the server's {left}")
-        self.server = None
         return "no VM or disk of it left on either host"
 
     def _xapi_leftovers(self, instance_uuid: str, instance_name: str) -> str:
@@ -354,6 +360,12 @@ class Demo:
         if step.measure_downtime and "error" not in outcome:
             time.sleep(0.3)  # let the watcher see the last power-state event
             result.downtime = self.watcher.downtime(started, ended)
+        if step.verify is not None and "error" not in outcome:
+            try:
+                outcome["note"] = step.verify()
+            except Exception as exc:  # noqa: BLE001 - reported as the step's failure
+                outcome["error"] = exc
+                outcome["traceback"] = traceback.format_exc()
         if "error" in outcome:
             result.status = FAILED
             result.note = f"{type(outcome['error']).__name__}: {outcome['error']}"
