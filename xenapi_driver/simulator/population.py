@@ -321,6 +321,15 @@ def set_host_live(pool: SimPool, host: SimHost, live: bool) -> None:
             db.update("host_metrics", metrics, live=live, last_updated=now())
 
 
+def boot_host(pool: SimPool, host: SimHost) -> None:
+    """What a host's boot does to XAPI's view of it: the boot hooks renew per-host state."""
+    for hook in registry.BOOT_HOOKS:
+        try:
+            hook(pool, host)
+        except Exception:  # noqa: BLE001
+            LOG.exception("boot hook %s failed", hook)
+
+
 def reset_pool(pool: SimPool) -> None:
     """Wipe the pool's state and rebuild it with the same hosts, UUIDs and URLs."""
     from . import sessions
@@ -346,6 +355,8 @@ def reset_pool(pool: SimPool) -> None:
             shutil.rmtree(pool.shared_sr_root)
         populate_pool(pool)
         for host in pool.hosts:
+            host.going_down = ""
+            host.shut_down_cleanly = False
             if not host.powered:
                 host.start_server()
             populate_host(pool, host)

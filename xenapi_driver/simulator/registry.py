@@ -22,6 +22,9 @@ Handler signatures::
 
     @reset_hook                     # called before a pool is wiped by Simulator.reset()
     def forget_caches(pool): ...
+
+    @boot_hook                      # called when a host boots again (host.reboot, host.power_on)
+    def fresh_dom0(pool, host): ...
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ HTTP_HANDLERS: dict[tuple[str, str], HttpRoute] = {}
 POOL_HOOKS: list[Callable] = []
 HOST_HOOKS: list[Callable] = []
 RESET_HOOKS: list[Callable] = []
+BOOT_HOOKS: list[Callable] = []
 
 
 @dataclass
@@ -96,6 +100,13 @@ def reset_hook(func: Callable) -> Callable:
     """Run ``func(pool)`` before ``reset()`` wipes a pool (drop per-pool caches and state)."""
     if func not in RESET_HOOKS:
         RESET_HOOKS.append(func)
+    return func
+
+
+def boot_hook(func: Callable) -> Callable:
+    """Run ``func(pool, host)`` when a host boots again after going down (per-host state is new)."""
+    if func not in BOOT_HOOKS:
+        BOOT_HOOKS.append(func)
     return func
 
 

@@ -121,3 +121,10 @@ def invalidate_all(pool: SimPool) -> None:
             _drop(pool, ref)
         for ref in pool.db.all("session"):
             pool.db.destroy("session", ref)
+
+
+def invalidate_local(pool: SimPool, host_ref: str) -> None:
+    """What a pool member's restart does: its own (slave-local) sessions are gone."""
+    with pool.db.lock, pool.sessions.lock:
+        for ref in [r for r, i in pool.sessions.infos.items() if i.local_host == host_ref]:
+            _drop(pool, ref)

@@ -56,6 +56,9 @@ class SimHost:
         self.sandbox = None  # dom0.Dom0Sandbox when dom0.py is available
         self.server: HostServer | None = None
         self.powered = True
+        self.going_down = ""  # "reboot" or "shutdown" between the call and the host going away
+        self.shut_down_cleanly = False  # host.shutdown/host.reboot took it down: it boots afresh
+        self.epoch = 0  # bumped whenever its server starts or stops (a pending reboot checks it)
         self.root = pool.world.root / "hosts" / name / "dom0"
 
     def __repr__(self) -> str:
@@ -99,11 +102,13 @@ class SimHost:
             self.port = self.server.server_address[1]
         self.server.start()
         self.powered = True
+        self.epoch += 1
 
     def stop_server(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        self.epoch += 1
 
     def power_off(self) -> None:
         """The host stops answering (connection refused); its records stay."""
@@ -112,8 +117,12 @@ class SimHost:
         population.set_host_live(self.pool, self, False)
 
     def power_on(self) -> None:
+        """The host answers again; after a clean shutdown or reboot it boots afresh (boot hooks)."""
         self.start_server()
         population.set_host_live(self.pool, self, True)
+        if self.shut_down_cleanly:
+            self.shut_down_cleanly = False
+            population.boot_host(self.pool, self)
 
 
 class SimPool:
@@ -233,6 +242,7 @@ class World:
         self.port = port
         self.host_memory = host_memory
         self.host_cpus = host_cpus
+        self.reboot_downtime = 0.5  # seconds a rebooting host does not answer
         self.faults = Faults()
         self.stopped = False
         self.control_token = secrets.token_hex(16)

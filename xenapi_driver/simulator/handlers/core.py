@@ -283,16 +283,6 @@ def host_compute_memory_overhead(ctx: CallContext, host: str) -> int:
     return int(ctx.db.get("host", host)["memory_overhead"])
 
 
-@message("host.enable")
-def host_enable(ctx: CallContext, host: str) -> None:
-    ctx.db.set("host", host, "enabled", True)
-
-
-@message("host.disable")
-def host_disable(ctx: CallContext, host: str) -> None:
-    ctx.db.set("host", host, "enabled", False)
-
-
 @message("host.restart_agent")
 def host_restart_agent(ctx: CallContext, host: str) -> None:
     ctx.db.get("host", host)

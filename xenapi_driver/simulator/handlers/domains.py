@@ -9,8 +9,8 @@ from xenapi_driver.simulator.handlers import storage, xenstore
 from xenapi_driver.simulator.handlers.placement import update_host_metrics
 from xenapi_driver.simulator.handlers.vif import refresh_vif
 from xenapi_driver.simulator.handlers.vm_metrics import update_guest_metrics, update_metrics
-from xenapi_driver.simulator.handlers.vm_state import PAUSED, RUNNING, has_agent, refresh_vm
-from xenapi_driver.simulator.registry import reset_hook
+from xenapi_driver.simulator.handlers.vm_state import HALTED, PAUSED, RUNNING, has_agent, refresh_vm
+from xenapi_driver.simulator.registry import boot_hook, reset_hook
 from xenapi_driver.simulator.schema import NULL_REF
 
 _DOMID_LOCK = threading.Lock()
@@ -32,6 +32,31 @@ def _forget_domids(pool) -> None:
     with _DOMID_LOCK:
         for host in pool.hosts:
             _NEXT_DOMID.pop(host.uuid, None)
+
+
+def halt_resident_guests(pool, host_ref: str) -> list[str]:
+    """Every guest domain on a host that goes down dies with it: its VM is Halted (XAPI's resync)."""
+    db = pool.db
+    halted = []
+    with db.lock:
+        for vm_ref in list(db.get("host", host_ref)["resident_VMs"]):
+            rec = db.get("VM", vm_ref)
+            if rec["is_control_domain"]:
+                continue
+            stop_domain(pool, vm_ref)
+            db.set("VM", vm_ref, "power_state", HALTED)
+            refresh_vm(db, vm_ref)
+            halted.append(vm_ref)
+    return halted
+
+
+@boot_hook
+def _fresh_domains(pool, host) -> None:
+    """A booted host has only dom0: nothing else resident, domids count from 1 again."""
+    if pool.db.exists("host", host.ref):
+        halt_resident_guests(pool, host.ref)
+    with _DOMID_LOCK:
+        _NEXT_DOMID.pop(host.uuid, None)
 
 
 def _console_location(ctx_pool, host_ref: str, console_uuid: str, db) -> str:

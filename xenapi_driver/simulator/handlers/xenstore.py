@@ -13,7 +13,7 @@ import json
 import threading
 
 from xenapi_driver.simulator.guest_agent import GuestAgents, XenStore, XenStoreError
-from xenapi_driver.simulator.registry import host_hook, http_handler, reset_hook
+from xenapi_driver.simulator.registry import boot_hook, host_hook, http_handler, reset_hook
 
 _LOCK = threading.Lock()
 _STORES: dict[str, XenStore] = {}
@@ -118,8 +118,9 @@ def xenstore_endpoint(ctx, request):
 
 
 @host_hook
+@boot_hook
 def _fresh_store(pool, host) -> None:
-    """A (re)populated host boots with an empty XenStore (only dom0 in it)."""
+    """A (re)populated or rebooted host starts with an empty XenStore (only dom0 in it)."""
     forget_host(host)
     store_for(host)
 
