@@ -417,10 +417,9 @@ class ResourcePool:
         rec = self._session.get_rec("SR", sr_ref) or {}
         if not rec.get("shared"):
             raise PoolError(
-                f"the SR chosen by [xenserver] sr_matching_filter = {wanted} on the master "
-                f"{self._session.host_address} ({rec.get('name_label')}, {rec.get('uuid')}) is not "
-                "shared: pool members could not use it. Create a shared SR (NFS or iSCSI) and make it "
-                "the pool's default (xe pool-param-set default-SR=<uuid>)"
+                f"instance SR {rec.get('name_label')} ({rec.get('uuid')}) of the master "
+                f"{self._session.host_address} is not shared (sr_matching_filter = {wanted}); "
+                "make a shared NFS or iSCSI SR the pool default: xe pool-param-set default-SR=<uuid>"
             )
 
     def _become_master(self, agg: Any) -> None:
