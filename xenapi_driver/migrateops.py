@@ -126,9 +126,13 @@ class MigrateOps:
         vmops: Any,
         *,
         dest_session_factory: Callable[[str], Any] | None = None,
+        volumeops: Any = None,
     ) -> None:
         self._session = session
         self._vmops = vmops
+        #: VolumeOps (Cinder volumes): detached from the source at power-off, attached to the
+        #: destination VM by finish_migration, re-attached to the original on revert.
+        self._volumeops = volumeops
         self._dest_session_factory = dest_session_factory or self._open_dest_session
         #: Test hook: called with each step name just before the step runs.
         self.step_hook: Callable[[str], None] | None = None
@@ -320,6 +324,7 @@ class MigrateOps:
             "disks": [{"role": d["role"], "device": d["device"], "uuid": d["rec"]["uuid"]} for d in disks],
             "snapshots": [],
             "steps": [],
+            "volumes": len(virt_driver.block_device_info_get_mapping(block_device_info)),
         }
         self._progress(instance, 0)
         try:
@@ -331,12 +336,12 @@ class MigrateOps:
                     instance, vm_ref, journal, disks, mode, timeout, retry_interval
                 )
         except nova_exception.InstanceFaultRollback:
-            self._rollback_source(instance, vm_ref)
+            self._rollback_source(instance, vm_ref, block_device_info)
             raise
         except Exception as exc:
             LOG.exception("Migrating instance %s to %s failed; rolling back", instance.uuid, dest)
             reason = str(exc) if isinstance(exc, ResizeStepFailed) else f"{type(exc).__name__}: {exc}"
-            self._rollback_source(instance, vm_ref)
+            self._rollback_source(instance, vm_ref, block_device_info)
             raise _refuse(f"migration to {dest} failed and was rolled back: {reason}") from exc
         self._progress(instance, 100)
         disk_info = {
@@ -355,6 +360,10 @@ class MigrateOps:
         self._hook("power_off")
         self._vmops.power_off(instance, timeout=timeout, retry_interval=retry_interval)
         self._step_done(vm_ref, journal, "powered_off")
+        if self._volumeops is not None and journal.get("volumes"):
+            # The destination attaches them; Nova terminates this host's connections next.
+            self._volumeops.detach_all(vm_ref)
+            self._step_done(vm_ref, journal, "volumes_detached")
         self._hook("rename")
         self._session.call_xenapi("VM.set_name_label", vm_ref, instance.name + KEPT_SUFFIX)
         with contextlib.suppress(xexc.XenAPIError):
@@ -449,16 +458,18 @@ class MigrateOps:
             for item in chains
         ]
 
-    def _rollback_source(self, instance: Any, vm_ref: str) -> None:
+    def _rollback_source(self, instance: Any, vm_ref: str, block_device_info: Any) -> None:
         """Undo a failed migrate_disk_and_power_off: the instance is back as it was."""
         try:
-            self._restore_original(instance, vm_ref, power_on=None)
+            self._restore_original(instance, vm_ref, power_on=None, block_device_info=block_device_info)
         except Exception:  # noqa: BLE001 - report, the original error is what the user needs
             LOG.exception("Rolling back the migration of %s failed", instance.uuid)
 
     # ------------------------------------------------------------ source: revert / confirm
 
-    def _restore_original(self, instance: Any, vm_ref: str, power_on: bool | None) -> None:
+    def _restore_original(
+        self, instance: Any, vm_ref: str, power_on: bool | None, block_device_info: Any = None
+    ) -> None:
         """Bring the kept VM back under its name; drop snapshots, clones and staged copies.
 
         ``power_on=None`` restores the power state recorded in the journal.
@@ -483,6 +494,12 @@ class MigrateOps:
             with contextlib.suppress(xexc.XenAPIError):
                 self._session.call_xenapi("VM.remove_from_other_config", vm_ref, key)
         self._vmops._refs[instance.uuid] = vm_ref  # noqa: SLF001 - keep VMOps' cache right
+        if (
+            self._volumeops is not None
+            and "volumes_detached" in journal.get("steps", [])
+            and virt_driver.block_device_info_get_mapping(block_device_info)
+        ):
+            self._volumeops.attach_block_devices(vm_ref, block_device_info)
         if power_on is None:
             power_on = journal.get("power_state", vmops_mod.RUNNING) == vmops_mod.RUNNING
         state = self._session.call_xenapi("VM.get_power_state", vm_ref)
@@ -505,7 +522,13 @@ class MigrateOps:
             LOG.warning("Could not clean destination %s after migrating %s: %s", dest, instance.uuid, exc)
 
     def finish_revert_migration(
-        self, context: Any, instance: Any, network_info: Any, migration: Any, power_on: bool = True
+        self,
+        context: Any,
+        instance: Any,
+        network_info: Any,
+        migration: Any,
+        block_device_info: Any = None,
+        power_on: bool = True,
     ) -> None:
         """Bring the original back (also Nova's recovery after a crash in RESIZE_MIGRATING)."""
         kept = self._kept(instance)
@@ -523,7 +546,7 @@ class MigrateOps:
         current = self._vmops.lookup(instance)
         if current is not None and current[0] != vm_ref:
             self._vmops._destroy_vm(current[0])  # noqa: SLF001
-        self._restore_original(instance, vm_ref, power_on=power_on)
+        self._restore_original(instance, vm_ref, power_on=power_on, block_device_info=block_device_info)
 
     def confirm_migration(self, context: Any, migration: Any, instance: Any, network_info: Any) -> None:
         """Destroy the kept original VM, its disks and the resize's snapshots."""
@@ -601,6 +624,8 @@ class MigrateOps:
                 vmops._create_vbd(vm_ref, swap, vmops_mod.DEVICE_SWAP, bootable=False)  # noqa: SLF001
             if "ephemeral" in vdis:
                 vmops._create_vbd(vm_ref, vdis["ephemeral"], vmops_mod.DEVICE_EPHEMERAL, bootable=False)  # noqa: SLF001
+            if self._volumeops is not None and virt_driver.block_device_info_get_mapping(block_device_info):
+                self._volumeops.attach_block_devices(vm_ref, block_device_info)
             for device, vif in enumerate(network_info or []):
                 vmops._create_vif(vm_ref, vif, device, networks[vmops._bridge_for(vif)])  # noqa: SLF001
             for vdi in vdis.values():

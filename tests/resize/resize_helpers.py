@@ -10,7 +10,7 @@ from typing import Any
 
 from nova import objects
 from nova.virt import fake
-from xenapi_driver import hostops, migrateops, vhd, vmops
+from xenapi_driver import hostops, migrateops, vhd, vmops, volumeops
 from xenapi_driver.session import XenAPISession
 from xenapi_driver.simulator.handlers import storage
 
@@ -107,7 +107,8 @@ class Compute:
         self.hostops = hostops.HostOps(self.session)
         self.vmops = vmops.VMOps(self.session, fake.FakeVirtAPI(), hostops=self.hostops,
                                  image_source=DataImageSource(self))  # fmt: skip
-        self.migrateops = migrateops.MigrateOps(self.session, self.vmops)
+        self.volumeops = volumeops.VolumeOps(self.session, lookup=self.vmops.lookup)
+        self.migrateops = migrateops.MigrateOps(self.session, self.vmops, volumeops=self.volumeops)
 
     def close(self) -> None:
         self.session.close()

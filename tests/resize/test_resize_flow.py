@@ -180,3 +180,43 @@ def test_rsync_needs_a_file_sr(computes, monkeypatch):
     assert "migration_transport = xapi" in str(err.value.inner_exception)
     monkeypatch.undo()
     assert power_state(src, inst) == "Running"
+
+
+def test_volumes_follow_the_instance_and_come_back_on_revert(computes, sim):
+    """A Cinder (iSCSI) data volume: detached at power-off, attached on the destination, back on revert."""
+    from xenapi_driver.simulator import sr_backend
+
+    src, dst = computes
+    inst = make_instance(flavor("small", root_gb=1))
+    src.spawn(inst)
+    iqn = "iqn.2010-10.org.openstack:volume-resize"
+    sr_backend.create_lun(sim.world.iscsi_root, iqn, 0, 8 * MiB)
+    volume_id = "5f0cbb4c-8f0d-4a5e-9c53-2ad2b6a4d2f1"
+    info = {
+        "driver_volume_type": "iscsi",
+        "serial": volume_id,
+        "data": {"volume_id": volume_id, "target_portal": "127.0.0.1:3260", "target_iqn": iqn,
+                 "target_lun": 0, "target_discovered": False, "access_mode": "rw"},
+    }  # fmt: skip
+    src.volumeops.attach_volume(info, inst, "/dev/xvdb")
+    mapping = [{"connection_info": info, "mount_device": "/dev/xvdb", "boot_index": None}]
+    bdi = {"root_device_name": "/dev/xvda", "ephemerals": [], "swap": None, "block_device_mapping": mapping}
+
+    def volume_vbds(compute):
+        vm_ref = compute.vmops.lookup(inst)[0]
+        return [
+            v for v in compute.session.call_xenapi("VM.get_VBDs", vm_ref)
+            if compute.session.call_xenapi("VBD.get_userdevice", v) not in ("0", "2", "4")
+        ]  # fmt: skip
+
+    assert len(volume_vbds(src)) == 1
+    disk_info = src.migrateops.migrate_disk_and_power_off(None, inst, dst.host.address, inst.flavor, [], bdi)
+    assert [d["role"] for d in json.loads(disk_info)["disks"]] == ["root"]  # volumes are not copied
+    kept_ref, _ = src.migrateops._kept(inst)
+    assert len(src.session.call_xenapi("VM.get_VBDs", kept_ref)) == 1  # only the root disk is left
+    dst.migrateops.finish_migration(None, None, inst, disk_info, [], None, False, bdi, power_on=True)
+    assert len(volume_vbds(dst)) == 1
+    dst.vmops.destroy(inst, [])
+    src.migrateops.finish_revert_migration(None, inst, [], None, bdi, power_on=True)
+    assert len(volume_vbds(src)) == 1
+    assert power_state(src, inst) == "Running"
