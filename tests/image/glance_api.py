@@ -42,7 +42,9 @@ _SCHEMA = {
 
 
 class GlanceAPI:
-    def __init__(self, token: str = TOKEN) -> None:
+    """``token=None`` accepts any token (Nova's functional harness sends its own)."""
+
+    def __init__(self, token: str | None = TOKEN) -> None:
         self.token = token
         self.images: dict[str, dict] = {}
         self.data: dict[str, bytes] = {}
@@ -139,7 +141,7 @@ class GlanceAPI:
                     self.close_connection = True
                     self.connection.close()
                     return None
-                if self.headers.get("X-Auth-Token") != glance.token:
+                if glance.token is not None and self.headers.get("X-Auth-Token") != glance.token:
                     self._body() if method in ("PUT", "PATCH") else None
                     self._reply(401, b"401 Unauthorized: authentication required", "text/plain")
                     return None
@@ -172,6 +174,28 @@ class GlanceAPI:
                     self.end_headers()
                     for start in range(0, len(data), 1 << 20):
                         self.wfile.write(data[start : start + (1 << 20)])
+
+            def do_POST(self):  # noqa: N802
+                glance.requests.append(("POST", self.path))
+                body = json.loads(self._body() or b"{}")
+                if self.path.rstrip("/") != "/v2/images":
+                    self._reply(404, b"404 Not Found", "text/plain")
+                    return
+                image_id = body.pop("id", None) or str(uuid.uuid4())
+                fields = {k: body.pop(k, None) for k in ("disk_format", "container_format")}
+                rec = glance._record(
+                    image_id, "queued", fields["disk_format"], fields["container_format"], body
+                )
+                glance.images[image_id] = rec
+                self._reply(201, json.dumps(rec).encode())
+
+            def do_DELETE(self):  # noqa: N802
+                route = self._route("DELETE")
+                if route is None:
+                    return
+                glance.images.pop(route[0], None)
+                glance.data.pop(route[0], None)
+                self._reply(204, ctype="text/html; charset=UTF-8")
 
             def do_PATCH(self):  # noqa: N802
                 route = self._route("PATCH")
