@@ -238,6 +238,9 @@ class NovaCloud:
                     # reach: nova-compute streams images through XAPI's HTTP.
                     image_handler="vdi_remote_stream",
                     cache_images="none",
+                    # The simulated dom0s run no sshd here, so resize copies
+                    # VHD chains over XAPI's HTTP disk handlers, not rsync.
+                    migration_transport="xapi",
                     vhd_coalesce_poll_interval=0.0,
                     group="xenserver",
                 )
