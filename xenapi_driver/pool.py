@@ -366,7 +366,43 @@ class ResourcePool:
                     )
             else:
                 updates[member_key(self._host, COMPUTE_VM)] = vm_uuid
+                self._check_own_credentials(agg)
         self._update(agg, updates)
+
+    def _check_own_credentials(self, agg: Any) -> None:
+        """Before offering this host: will this compute's own credentials work after the join?
+
+        After the join this compute logs in through the pool master with the
+        ``[xenserver]`` credentials of its own nova.conf; if the master refuses
+        them, joining would leave this compute unable to manage its host.
+        """
+        meta = self._meta(agg)
+        master = meta.get(MASTER_KEY)
+        address = meta.get(member_key(master, ADDRESS)) if master else None
+        if not address or meta.get(STATE_KEY) == ERROR:
+            return
+        if self._session.host_uuid in self._master_pool_uuids(agg):
+            return  # joined already
+        user, password = self._credentials_pair()
+        remote = self._remote(_url_with_address(self._session.master_url, address))
+        try:
+            remote.xenapi.login_with_password(user, password, "1.0", "xenapi-driver-pool")
+        except XenAPI.Failure as exc:
+            code = str(exc.details[0]) if exc.details else "unknown error"
+            if code == "HOST_IS_SLAVE":
+                return  # the master moved; the master's compute reports that
+            raise PoolError(
+                f"the pool master {address} refuses the [xenserver] credentials of compute {self._host} "
+                f"({code}): after the join it could not manage its host; configure the pool's credentials"
+            ) from None
+        except OSError as exc:
+            raise PoolError(
+                f"compute {self._host} cannot reach the pool master's XAPI at {address} "
+                f"({exc.__class__.__name__}); after the join it could not manage its host"
+            ) from None
+        finally:
+            with contextlib.suppress(Exception):
+                remote.xenapi.session.logout()
 
     def _master_pool_uuids(self, agg: Any) -> set[str]:
         """Host UUIDs of this compute's XAPI pool, if the pool's master is the aggregate's master."""

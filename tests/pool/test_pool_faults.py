@@ -145,3 +145,19 @@ def test_master_needs_the_shared_default_sr(sim, ctx, computes):
         assert [p["name_label"] for p in s.xenapi.pool.get_all_records().values()] == [""]
     finally:
         s.xenapi.session.logout()
+
+
+def test_joining_compute_checks_its_own_credentials_at_the_master(sim, ctx, computes):
+    """Its nova.conf credentials must work at the master, or it could not manage its host after the join."""
+    master, joiner = computes[0], computes[1]
+    joiner.restart(crashed=False, credentials=("root", "not-the-pool-password"))
+    agg = start_pool(ctx, computes[:2])
+    meta = assert_error(ctx, agg, "refuses the [xenserver] credentials", joiner.name)
+    assert "not-the-pool-password" not in " ".join(meta.values())
+    master.pool.reconcile(ctx)  # an error is not acted on
+    assert pool_hosts(sim, joiner.host) == {joiner.host.uuid}
+    joiner.restart(crashed=False)  # fixed in its nova.conf
+    retry(ctx, agg)
+    run_rounds(ctx, computes[:2])
+    assert nova_db.reload(ctx, agg).metadata["operational_state"] == "active"
+    assert pool_hosts(sim, master.host) == {master.host.uuid, joiner.host.uuid}
