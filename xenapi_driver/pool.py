@@ -35,7 +35,9 @@ connection_username`` / ``connection_password`` (from its nova.conf): as
 the XenServer pool master's credentials, and to log in to the joining host,
 which until the join is a pool of its own that must accept them (after the
 join it accepts only the pool's credentials anyway, so every compute of a
-pool aggregate has to be configured with them).
+pool aggregate has to be configured with them). A joining compute checks,
+before it offers its host, that the master accepts the credentials of its
+own nova.conf.
 
 The compute VM's UUID is read from ``[xenserver] compute_vm_uuid`` when
 that option exists and is set, else from ``/sys/hypervisor/uuid`` inside the
