@@ -325,3 +325,38 @@ def test_volume_connector_storage_ip(session):
 def test_unsupported_type_is_also_not_implemented():
     with pytest.raises(NotImplementedError):
         vu.parse_connection_info({"driver_volume_type": "fake", "data": {}})
+
+
+def test_busy_device_is_retried_then_reported(sim, session, managed_host):
+    from xenapi_driver import conf as xconf
+
+    target = Target(sim)
+    target.add_lun(0)
+    info = target.connection_info(0)
+    instance = make_instance()
+    vm = make_vm(sim, managed_host, instance, running=True)
+    ops = VolumeOps(session)
+    ops.attach_volume(info, instance, "/dev/xvdb")
+    xconf.CONF.set_override("num_vbd_unplug_retries", 0, group="xenserver")
+    try:
+        sim.faults.fail_next("VBD.unplug", "DEVICE_DETACH_REJECTED", "VBD", "ref", "device in use")
+        with pytest.raises(nova_exception.StorageError, match="unmount the volume"):
+            ops.detach_volume(info, instance, "/dev/xvdb")
+        assert _vbd_at(sim, vm, "1")["currently_attached"]  # nothing half-done
+        xconf.CONF.set_override("num_vbd_unplug_retries", 1, group="xenserver")
+        sim.faults.fail_next("VBD.unplug", "DEVICE_DETACH_REJECTED", "VBD", "ref", "device in use")
+        ops.detach_volume(info, instance, "/dev/xvdb")  # the retry succeeds
+        assert _vbd_at(sim, vm, "1") is None and _volume_srs(sim) == []
+    finally:
+        xconf.CONF.clear_override("num_vbd_unplug_retries", group="xenserver")
+
+
+def test_chap_secret_stays_out_of_a_login_failure(sim, session, managed_host):
+    target = Target(sim)  # no such target: the PBD cannot be plugged
+    info = target.connection_info(0, auth_method="CHAP", auth_username="u", auth_password="Hidden-CHAP-9")
+    instance = make_instance()
+    make_vm(sim, managed_host, instance, running=True)
+    with pytest.raises(nova_exception.StorageError) as err:
+        VolumeOps(session).attach_volume(info, instance, "/dev/xvdb")
+    assert "Hidden-CHAP-9" not in str(err.value) and "Hidden-CHAP-9" not in repr(err.value)
+    assert _volume_srs(sim) == []
