@@ -134,8 +134,8 @@ def print_step(result: StepResult, out: TextIO) -> None:
     out.flush()
 
 
-def print_timeline(results: list[StepResult], out: TextIO, total_seconds: float) -> None:
-    """The summary table: duration, XAPI calls, bytes copied and downtime per step."""
+def print_timeline(results: list[StepResult], out: TextIO) -> None:
+    """The summary table: duration, XAPI calls, bytes copied and downtime per step, and their totals."""
     print("", file=out)
     print("Timeline", file=out)
     header = f"  {'step':<16} {'result':<8} {'time':>8} {'XAPI calls':>11} {'copied':>10} {'downtime':>9}"
@@ -152,8 +152,9 @@ def print_timeline(results: list[StepResult], out: TextIO, total_seconds: float)
     ran = [r for r in results if r.status == OK]
     calls = sum(r.xapi_calls or 0 for r in ran)
     copied = sum(r.bytes_copied or 0 for r in ran)
+    seconds = sum(r.seconds or 0.0 for r in ran)
     print(
-        f"  {'total':<16} {'':<8} {human_seconds(total_seconds):>8} {calls:>11} {human_bytes(copied):>10}",
+        f"  {'total':<16} {'':<8} {human_seconds(seconds):>8} {calls:>11} {human_bytes(copied):>10}",
         file=out,
     )
     busiest = [r for r in ran if r.top_calls]
