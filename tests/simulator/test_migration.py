@@ -310,3 +310,53 @@ def test_storage_xenmotion_reuses_a_volume_both_pools_see(world, sessions):
     assert y.VM.get_power_state(new_vm) == "Running"
     assert lun.read_bytes().startswith(b"volume data")  # the LUN was neither copied nor wiped
     y.VM.hard_shutdown(new_vm)
+
+
+def _parents(y, vdi):
+    """The VHD chain of a VDI as locations of its ancestors (sm_config vhd-parent, walked)."""
+    out = []
+    by_location = {r["location"]: ref for ref, r in y.VDI.get_all_records().items()}
+    current = y.VDI.get_sm_config(vdi).get("vhd-parent")
+    while current:
+        out.append(current)
+        current = y.VDI.get_sm_config(by_location[current]).get("vhd-parent")
+    return out
+
+
+def test_storage_xenmotion_rebuilds_snapshot_chains(world, sessions):
+    """Snapshots arrive as one chain sharing base copies (deltas), not as full copies."""
+    x, y = sessions[0].xenapi, sessions[1].xenapi
+    src_pool, dst_pool = world.pools[0], world.pools[1]
+    h0, dhost = src_pool.hosts[0], dst_pool.hosts[0]
+    vm = make_vm(x, "sxm-chain")
+    disk = add_disk(x, vm, h0.local_sr, size=8 * MiB)
+    a, b, c = (os.urandom(2 * MiB) for _ in range(3))
+    raw(src_pool.url, sessions[0]._session, "PUT", disk, a)
+    s1 = x.VM.snapshot(vm, "one")
+    raw(src_pool.url, sessions[0]._session, "PUT", disk, a + b)
+    s2 = x.VM.snapshot(vm, "two")
+    raw(src_pool.url, sessions[0]._session, "PUT", disk, a + b + c)
+    dnet = y.network.get_all()[0]
+    dest = y.host.migrate_receive(dhost.ref, dnet, {})
+    new_vm = x.VM.migrate_send(vm, dest, False, {disk: dhost.local_sr}, {}, {})
+    new_disk = y.VBD.get_VDI(y.VM.get_VBDs(new_vm)[0])
+    by_name = {y.VM.get_name_label(s): s for s in y.VM.get_snapshots(new_vm)}
+    assert set(by_name) == {"one", "two"}
+    d1, d2 = (y.VBD.get_VDI(y.VM.get_VBDs(by_name[n])[0]) for n in ("one", "two"))
+    # contents are the source's, each as it was when its snapshot was taken
+    session = sessions[1]._session
+    assert raw(dst_pool.url, session, "GET", d1)[: 6 * MiB] == a + bytes(4 * MiB)
+    assert raw(dst_pool.url, session, "GET", d2)[: 6 * MiB] == a + b + bytes(2 * MiB)
+    assert raw(dst_pool.url, session, "GET", new_disk)[: 6 * MiB] == a + b + c
+    # the chain: each later disk sits on the base copy holding the earlier snapshot's content
+    p1, p2, pd = _parents(y, d1), _parents(y, d2), _parents(y, new_disk)
+    assert p1 and p1[0] in p2 and p2[0] in pd
+    assert len(pd) == 2
+    for d in (d1, d2):
+        assert y.VDI.get_is_a_snapshot(d) and y.VDI.get_snapshot_of(d) == new_disk
+    base = next(ref for ref, r in y.VDI.get_all_records().items() if r["location"] == pd[0])
+    assert y.VDI.get_managed(base) is False
+    # the snapshot disks are read-only leaves XAPI lets clients clone, as at the source
+    y.VDI.destroy(y.VDI.clone(d1, {}))
+    for gone in (vm, s1, s2):
+        assert fails(x.VM.get_record, gone)[0] == "HANDLE_INVALID"

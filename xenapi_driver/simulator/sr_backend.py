@@ -260,6 +260,28 @@ class FileSR:
                 vhd.import_vhd_stream(stream, str(dest.path_of(created.uuid)))
                 return dest.info(created.uuid)
 
+    def delta_base(self, vdi_uuid: str, other_uuid: str) -> str | None:
+        """A member of ``vdi_uuid``'s chain whose content is exactly ``other_uuid``'s, or None.
+
+        That is ``other_uuid`` itself when it is an ancestor, or its parent when ``other_uuid``
+        is an unwritten leaf on a base ``vdi_uuid`` shares (a snapshot, as ``snapshot`` makes
+        them).  Storage XenMotion then copies only the blocks above that member.
+        """
+        with self.lock:
+            ancestors = []
+            current = self.info(vdi_uuid).parent
+            while current:
+                ancestors.append(current)
+                current = self.info(current).parent
+            if other_uuid in ancestors:
+                return other_uuid
+            parent = self.info(other_uuid).parent
+            if parent in ancestors:
+                with vhd.open_chain(str(self.path_of(other_uuid))) as chain:
+                    if not chain.layers[0].allocated_blocks():
+                        return parent
+            return None
+
     def adopt(self, source: Path | str, vdi_uuid: str | None = None) -> DiskInfo:
         """Move an existing standalone VHD file into the SR under ``vdi_uuid`` (fresh by default)."""
         with self.lock:

@@ -2,7 +2,8 @@
 
 Storage XenMotion really moves disks: every VDI is copied as a VHD into the SR named by
 ``vdi_map`` (on another pool's host when ``dest`` comes from another pool's
-``host.migrate_receive``), the source disks are destroyed (unless ``options['copy']``), and the
+``host.migrate_receive``), snapshot chains rebuilt there rather than flattened (see
+:mod:`.sxm_disks`), the source disks are destroyed (unless ``options['copy']``), and the
 VM continues on the destination host with its UUID.  Snapshot VDIs follow their ``snapshot_of``;
 VIFs (and snapshot VIFs) not in ``vif_map`` are matched by MAC; within a pool, VDIs already on
 their target SR do not move.
@@ -14,7 +15,15 @@ from dataclasses import dataclass, field
 
 from xenapi_driver.simulator import sessions
 from xenapi_driver.simulator.errors import XapiError
-from xenapi_driver.simulator.handlers import domains, placement, storage, vm_copy, vm_power, vm_state
+from xenapi_driver.simulator.handlers import (
+    domains,
+    placement,
+    storage,
+    sxm_disks,
+    vm_copy,
+    vm_power,
+    vm_state,
+)
 from xenapi_driver.simulator.handlers.vif import refresh_vif
 from xenapi_driver.simulator.registry import message
 from xenapi_driver.simulator.schema import NULL_REF
@@ -157,12 +166,18 @@ def vm_migrate_send(
 
 def _migrate_within_pool(ctx, vm_ref: str, plan: Plan) -> str:
     db = ctx.db
-    moves = [(v, sr) for v, sr in plan.vdi_targets.items() if db.get("VDI", v)["SR"] != sr]
-    for i, (vdi, sr) in enumerate(moves):
-        new = storage.copy_vdi(ctx.pool, vdi, ctx.pool, sr, world=ctx.world)
+    moves = {v: sr for v, sr in plan.vdi_targets.items() if db.get("VDI", v)["SR"] != sr}
+    new_vdis: dict[str, str] = {}
+    try:
+        sxm_disks.copy_disks(ctx, ctx.pool, moves, new_vdis, set(), lambda f: ctx.set_progress(0.8 * f))
+    except BaseException:
+        for new in new_vdis.values():
+            if db.exists("VDI", new):
+                _destroy_in(ctx.pool, new)
+        raise
+    for vdi, new in new_vdis.items():
         _repoint(db, vdi, new)
         storage.vdi_destroy(ctx, vdi)
-        ctx.set_progress(0.8 * (i + 1) / max(len(moves), 1))
     for vif, network in plan.vif_targets.items():
         db.set("VIF", vif, "network", network)
     rec = db.get("VM", vm_ref)
@@ -204,24 +219,14 @@ def _migrate_across(ctx, vm_ref: str, plan: Plan, copy: bool) -> str:
     rec = db.record("VM", vm_ref)
     new_vdis: dict[str, str] = {}
     shared: set[str] = set()
-    total = max(len(plan.vdi_targets), 1)
     try:
-        for i, (vdi, sr) in enumerate(plan.vdi_targets.items()):
-            same = _same_lun(ctx, vdi, dest_pool, sr)
-            if same is not None:
-                new_vdis[vdi] = same
-                shared.add(same)
-            else:
-                new_vdis[vdi] = storage.copy_vdi(ctx.pool, vdi, dest_pool, sr, world=ctx.world)
-            ctx.set_progress(0.8 * (i + 1) / total)
+        sxm_disks.copy_disks(
+            ctx, dest_pool, plan.vdi_targets, new_vdis, shared, lambda f: ctx.set_progress(0.8 * f)
+        )
         new_vm = _copy_vm_record(ctx, vm_ref, ddb, plan, new_vdis, keep_uuid=not copy)
         for snap in plan.snapshots:
             new_snap = _copy_vm_record(ctx, snap, ddb, plan, new_vdis, keep_uuid=not copy)
             ddb.set("VM", new_snap, "snapshot_of", new_vm)
-        for old, new in new_vdis.items():
-            origin = db.get("VDI", old)["snapshot_of"]
-            if origin in new_vdis:
-                ddb.set("VDI", new, "snapshot_of", new_vdis[origin])
     except BaseException:
         for new in new_vdis.values():
             if new not in shared and ddb.exists("VDI", new):
@@ -256,21 +261,6 @@ def _start_time(db, vm_ref: str):
     if storage.is_null(metrics) or not db.exists("VM_metrics", metrics):
         return None
     return db.get("VM_metrics", metrics)["start_time"]
-
-
-def _same_lun(ctx, vdi_ref: str, dest_pool, sr_ref: str) -> str | None:
-    """A volume the destination already sees (same LUN) is not copied: XAPI reuses its VDI."""
-    db, ddb = ctx.db, dest_pool.db
-    src_type = db.get("SR", db.get("VDI", vdi_ref)["SR"])["type"]
-    if src_type not in storage.LUN_SR_TYPES or ddb.get("SR", sr_ref)["type"] not in storage.LUN_SR_TYPES:
-        return None
-    location = db.get("VDI", vdi_ref)["location"]
-    for _ in range(2):
-        for ref in ddb.get("SR", sr_ref)["VDIs"]:
-            if ddb.get("VDI", ref)["location"] == location:
-                return ref
-        storage.scan(dest_pool, sr_ref, ctx.world)
-    raise XapiError("VDI_MISSING", sr_ref, vdi_ref)
 
 
 def _copy_vm_record(ctx, vm_ref: str, ddb, plan: Plan, new_vdis: dict[str, str], *, keep_uuid: bool) -> str:

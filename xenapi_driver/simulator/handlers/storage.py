@@ -403,9 +403,20 @@ def vdi_resize_online(ctx, vdi_ref: str, size: int) -> None:
 
 
 def copy_vdi(
-    src_pool, vdi_ref: str, dst_pool, sr_ref: str, *, base_ref=NULL_REF, into_ref=NULL_REF, world=None
+    src_pool,
+    vdi_ref: str,
+    dst_pool,
+    sr_ref: str,
+    *,
+    base_ref=NULL_REF,
+    into_ref=NULL_REF,
+    world=None,
+    base_location: str | None = None,
 ):
-    """Copy a VDI's content to an SR of (possibly) another pool; returns the new/target VDI ref."""
+    """Copy a VDI's content to an SR of (possibly) another pool; returns the new/target VDI ref.
+
+    ``base_ref`` (or the chain member ``base_location``) limits the copy to the blocks above it.
+    """
     src_backend, vdi = vdi_backend(src_pool, vdi_ref, world)
     dst_backend = backend_of(dst_pool, sr_ref, world)
     if not isinstance(dst_backend, FileSR):
@@ -413,7 +424,9 @@ def copy_vdi(
     db = dst_pool.db
     with backend_errors():
         if isinstance(src_backend, FileSR):
-            base_loc = None if is_null(base_ref) else src_pool.db.get("VDI", base_ref)["location"]
+            base_loc = base_location
+            if not is_null(base_ref):
+                base_loc = src_pool.db.get("VDI", base_ref)["location"]
             into_loc = None if is_null(into_ref) else db.get("VDI", into_ref)["location"]
             disk = src_backend.copy_to(vdi["location"], dst_backend, base_uuid=base_loc, into_uuid=into_loc)
         else:
