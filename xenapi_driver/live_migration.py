@@ -385,7 +385,8 @@ class LiveMigrationOps:
 
 def _end_receive_session(migrate_data: Any) -> None:
     """Best effort: log out the ``migrate_receive`` session (a credential) at the destination's master."""
-    import XenAPI
+    from xenapi_driver import conf as xconf
+    from xenapi_driver.pool import remote_session
 
     try:
         dest = XenAPIMigrateData.receive_map(migrate_data) if migrate_data is not None else None
@@ -396,7 +397,12 @@ def _end_receive_session(migrate_data: Any) -> None:
     master = dest["master"]
     if "://" not in master:
         return
-    sdk = XenAPI.Session(master.rstrip("/") + "/")
-    sdk._session = dest["session_id"]
-    with contextlib.suppress(Exception):
-        sdk.xenapi.session.logout()
+    sdk = remote_session(master.rstrip("/") + "/", xconf.CONF)
+    try:
+        # The raw XML-RPC call: the SDK's own logout only ends sessions it logged in.
+        answer = getattr(sdk, "session.logout")(dest["session_id"])
+    except Exception as exc:  # noqa: BLE001 - best effort; XAPI expires sessions anyway
+        LOG.debug("Logging out the migration session at %s failed: %s", master, exc.__class__.__name__)
+        return
+    if isinstance(answer, dict) and answer.get("Status") != "Success":
+        LOG.debug("The migration session at %s was already gone: %s", master, answer.get("ErrorDescription"))

@@ -168,6 +168,25 @@ class _TimeoutSafeTransport(_TimeoutMixin, xmlrpc.client.SafeTransport):
     pass
 
 
+def remote_session(url: str, conf: Any) -> Any:
+    """An SDK session object for another host's XAPI: bounded waits, the configured TLS trust.
+
+    For short conversations with hosts other than this compute's own (a
+    joining host, another pool's master); the caller logs in and out.
+    """
+    opts = conf.xenserver
+    timeout = max(float(opts.login_timeout), _REMOTE_TIMEOUT)
+    if url.startswith("https:"):
+        if opts.insecure:
+            context = ssl._create_unverified_context()  # noqa: S323 - the operator's choice
+        else:
+            context = ssl.create_default_context(cafile=opts.ca_file)
+        transport: xmlrpc.client.Transport = _TimeoutSafeTransport(timeout, context=context)
+    else:
+        transport = _TimeoutTransport(timeout)
+    return XenAPI.Session(url, transport=transport)
+
+
 def _url_with_address(url: str, address: str) -> str:
     """``url`` (scheme, port) pointed at ``address`` instead of its own host."""
     parts = urllib.parse.urlsplit(url)
@@ -291,18 +310,7 @@ class ResourcePool:
         return opts.connection_username, opts.connection_password or ""
 
     def _remote(self, url: str) -> Any:
-        """An SDK session object for a joining host: bounded waits, the configured TLS trust."""
-        opts = self._conf.xenserver
-        timeout = max(float(opts.login_timeout), _REMOTE_TIMEOUT)
-        if url.startswith("https:"):
-            if opts.insecure:
-                context = ssl._create_unverified_context()  # noqa: S323 - the operator's choice
-            else:
-                context = ssl.create_default_context(cafile=opts.ca_file)
-            transport: xmlrpc.client.Transport = _TimeoutSafeTransport(timeout, context=context)
-        else:
-            transport = _TimeoutTransport(timeout)
-        return XenAPI.Session(url, transport=transport)
+        return remote_session(url, self._conf)
 
     def _join_force(self) -> bool:
         if self._use_join_force is not None:

@@ -23,6 +23,7 @@ from xenapi_driver.simulator import api
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple]] = []
+        self.data: Any = None
 
     def post(self, *args: Any) -> None:
         self.calls.append(("post", args))
@@ -45,6 +46,7 @@ def migrate(src: Side, dst: Side, instance: Any, block_migration: Any = None) ->
         dst.ops.post_live_migration_at_destination(None, instance, [], False, None)
     else:
         dst.ops.rollback_live_migration_at_destination(None, instance, [], None, True, data)
+    rec.data = data
     return rec
 
 
@@ -115,9 +117,21 @@ def test_storage_xenmotion_between_single_host_pools(two_pools):
         assert first_bytes(sim, dst.host, guest["vm_uuid"]) == bytes([1]) * 4096
         # the disk now lives on the destination's SR
         assert list(dst.host.sr_path(_local_sr_uuid(dst.host)).glob("*.vhd"))
+        # the migrate_receive session (a credential) was logged out afterwards
+        assert_session_ended(dst.host, rec.data)
     finally:
         src.close()
         dst.close()
+
+
+def assert_session_ended(host: Any, data: Any) -> None:
+    import xmlrpc.client
+
+    from xenapi_driver.live_migration import XenAPIMigrateData
+
+    session_id = XenAPIMigrateData.receive_map(data)["session_id"]
+    answer = xmlrpc.client.ServerProxy(host.url).session.get_this_host(session_id, session_id)
+    assert answer["Status"] == "Failure" and answer["ErrorDescription"][0] == "SESSION_INVALID", answer
 
 
 def _local_sr_uuid(host: Any) -> str:
@@ -151,6 +165,7 @@ def test_xapi_refusal_recovers_and_keeps_the_vm_on_the_source(two_pools):
         assert vm_where(sim, sim.pools[0], guest["vm_uuid"]) == ("Running", src.host.uuid)
         assert vm_where(sim, dst.host.pool, guest["vm_uuid"]) is None
         assert disk_digest(sim, src.host, guest["vm_uuid"]) == before
+        assert_session_ended(dst.host, rec.data)  # by rollback_live_migration_at_destination
     finally:
         src.close()
         dst.close()
