@@ -675,8 +675,7 @@ class MigrateOps:
                     },
                 )
             )
-            self._session.call_xenapi("SR.scan", sr_ref)
-            vdi = self._session.call_xenapi("VDI.get_by_uuid", result["root"]["uuid"])
+            vdi = self._introduce(sr_ref, result["root"]["uuid"], instance, disk)
         else:  # xapi transport, same host, shared SR: the VDI already exists here
             vdi = self._session.call_xenapi("VDI.get_by_uuid", disk["vdi_uuid"])
         for key, value in (
@@ -689,6 +688,34 @@ class MigrateOps:
             self._session.call_xenapi("VDI.add_to_other_config", vdi, key, value)
         self._session.call_xenapi("VDI.set_name_label", vdi, f"{instance.name} {disk['role']}")
         return vdi
+
+    def _introduce(self, sr_ref: str, leaf_uuid: str, instance: Any, disk: dict[str, Any]) -> str:
+        """Make XAPI know the imported leaf without an ``SR.scan``.
+
+        A scan starts the SR's garbage collector, which may coalesce the new
+        chain first: the guest would wait for a copy proportional to the whole
+        disk instead of only the leaf. The hidden parents are picked up by the
+        next scan, as XenServer's storage manager does for base copies.
+        """
+        try:
+            return self._session.call_xenapi(
+                "VDI.introduce",
+                leaf_uuid,
+                f"{instance.name} {disk['role']}",
+                f"{disk['role']} disk of Nova instance {instance.uuid}",
+                sr_ref,
+                "user",
+                False,
+                False,
+                {INCOMING_KEY: instance.uuid},
+                leaf_uuid,
+                {},
+                {},
+            )
+        except xexc.XenAPIError as exc:
+            LOG.info("VDI.introduce of %s failed (%s); scanning the SR instead", leaf_uuid, exc.code)
+            self._session.call_xenapi("SR.scan", sr_ref)
+            return self._session.call_xenapi("VDI.get_by_uuid", leaf_uuid)
 
     def _grow(self, vdi: str, wanted: int) -> None:
         if int(self._session.call_xenapi("VDI.get_virtual_size", vdi)) < wanted:
