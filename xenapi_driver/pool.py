@@ -759,6 +759,73 @@ class ResourcePool:
         self._session.call_xenapi("pool.eject", host_ref)
 
 
+def _maintenance_targets(context: Any, host: str) -> list[str]:
+    """The other computes of ``host``'s pool aggregate (where its instances should go)."""
+    from nova import objects
+
+    targets: list[str] = []
+    for agg in objects.AggregateList.get_by_host(context, host, key=POOL_KEY):
+        if is_pool_aggregate(agg):
+            targets += [h for h in agg.hosts if h != host and h not in targets]
+    return targets
+
+
+def host_maintenance_mode(
+    context: Any, session: Any, host: str, mode: bool, *, compute_api: Any = None
+) -> str:
+    """Nova's ``host_maintenance_mode`` for a pool member, keeping Nova's records true.
+
+    Entering maintenance disables the XenServer host (XAPI places nothing new
+    on it) and asks Nova to live-migrate each running instance of this
+    compute to another compute of its pool aggregate (round robin; the
+    scheduler still checks each destination), so Nova's instance records,
+    migrations and placement allocations follow the VMs. Moving the VMs with
+    XAPI alone would leave Nova believing they are still here. Outside a pool
+    aggregate the scheduler picks the destinations (Storage XenMotion).
+    Returns ``on_maintenance`` / ``off_maintenance`` as Nova's API expects;
+    the migrations continue asynchronously.
+    """
+    from nova.compute import vm_states
+
+    from nova import context as nova_context
+    from nova import objects
+
+    if not mode:
+        session.call_xenapi("host.enable", session.host_ref)
+        return "off_maintenance"
+    if compute_api is None:
+        from nova.compute import api as nova_compute_api
+
+        compute_api = nova_compute_api.API()
+    session.call_xenapi("host.disable", session.host_ref)
+    targets = _maintenance_targets(context, host)
+    instances = objects.InstanceList.get_by_host(context, host)
+    movable = [
+        i for i in instances if i.vm_state in (vm_states.ACTIVE, vm_states.PAUSED) and i.task_state is None
+    ]
+    for n, instance in enumerate(movable):
+        target = targets[n % len(targets)] if targets else None
+        LOG.info(
+            "Maintenance of %s: live-migrating instance %s to %s", host, instance.uuid, target or "any host"
+        )
+        # On behalf of the instance's owner, as an admin: the migration record and
+        # the instance action then carry the owner's project, as API-started ones do.
+        owner = nova_context.RequestContext(
+            user_id=instance.user_id,
+            project_id=instance.project_id,
+            is_admin=True,
+            roles=["admin"],
+            overwrite=False,
+        )
+        try:
+            compute_api.live_migrate(owner, instance, None, None, target, force=False, async_=True)
+        except Exception as exc:  # noqa: BLE001 - one refusal must not stop the others
+            LOG.error("Maintenance of %s: instance %s cannot be migrated: %s", host, instance.uuid, exc)
+    if not movable:
+        LOG.info("Maintenance of %s: no running instance to move", host)
+    return "on_maintenance"
+
+
 class ReconcileThread:
     """Runs :meth:`ResourcePool.reconcile` every ``interval`` seconds on a plain thread.
 
