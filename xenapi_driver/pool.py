@@ -109,6 +109,10 @@ class PoolError(Exception):
     """A pool operation cannot go on; ``str()`` is the operator-readable reason."""
 
 
+class _StillJoining(Exception):
+    """The join task is still running past our wait; the next run follows it."""
+
+
 class _Crash(BaseException):
     """Used by tests to simulate the compute process dying at a precise point."""
 
@@ -487,7 +491,10 @@ class ResourcePool:
         meta = self._meta(agg)
         state = meta.get(STATE_KEY, CREATED)
         if meta.get(JOIN_TASK_KEY) or meta.get(JOINING_KEY):
-            self._recover_join(agg)
+            try:
+                self._recover_join(agg)
+            except _StillJoining:
+                return  # still "changing"; the task is followed again next run
             meta = self._meta(agg)
             state = meta.get(STATE_KEY, CREATED)
         if state == ERROR:
@@ -527,7 +534,10 @@ class ResourcePool:
                 continue
             self._check_master()
             self._set_state(agg, CHANGING)
-            self._join(agg, member)
+            try:
+                self._join(agg, member)
+            except _StillJoining:
+                return
             in_pool = self._pool_host_uuids()
         if waiting:
             LOG.info("Pool aggregate %s: waiting for %s to report", agg.name, ", ".join(waiting))
@@ -655,10 +665,14 @@ class ResourcePool:
         """Judge the join by XAPI's state, whatever the task said; never leave it half done."""
         status, info = self._wait_task(task) if task is not None else ("unknown", [])
         if status == "timeout":
-            raise PoolError(
-                f"joining compute {member.compute} did not finish within {self._join_timeout:g} s; "
-                "it is still recorded as joining and will be checked again"
+            LOG.warning(
+                "Pool aggregate %s: the join of %s has not finished within %g s; checking again on the "
+                "next run",
+                agg.name,
+                member.compute,
+                self._join_timeout,
             )
+            raise _StillJoining()
         joined = member.host_uuid in self._pool_host_uuids()
         self._update(agg, {JOINING_KEY: None, JOIN_TASK_KEY: None})
         if joined:

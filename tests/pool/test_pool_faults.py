@@ -161,3 +161,21 @@ def test_joining_compute_checks_its_own_credentials_at_the_master(sim, ctx, comp
     run_rounds(ctx, computes[:2])
     assert nova_db.reload(ctx, agg).metadata["operational_state"] == "active"
     assert pool_hosts(sim, master.host) == {master.host.uuid, joiner.host.uuid}
+
+
+def test_a_join_outlasting_the_wait_is_followed_on_the_next_run(sim, ctx, computes, monkeypatch):
+    master, joiner = computes[0], computes[1]
+    agg = start_pool(ctx, computes[:2])
+    real_wait = master.pool._wait_task
+    monkeypatch.setattr(master.pool, "_wait_task", lambda task: ("timeout", []))
+    master.pool.reconcile(ctx)
+    meta = nova_db.reload(ctx, agg).metadata
+    assert meta["operational_state"] == "changing", meta  # not an error: still running
+    assert meta[xpool.JOINING_KEY] == joiner.name and meta[xpool.JOIN_TASK_KEY]
+    monkeypatch.setattr(master.pool, "_wait_task", real_wait)
+    master.pool.reconcile(ctx)
+    meta = nova_db.reload(ctx, agg).metadata
+    assert meta["operational_state"] == "active", meta
+    assert xpool.JOINING_KEY not in meta
+    assert pool_hosts(sim, master.host) == {master.host.uuid, joiner.host.uuid}
+    assert vm_state(sim, master.host, joiner.vm_uuid) == ("Running", joiner.host.uuid)
