@@ -155,6 +155,34 @@ class Database:
     def set(self, cls: str, ref: str, field: str, value: object) -> None:
         self.update(cls, ref, **{field: value})
 
+    # -- maps and sets, changed as XAPI's add_to_/remove_from_/add_/remove_ messages do ------
+    def map_add(self, cls: str, ref: str, field: str, key: object, value: object) -> None:
+        """Add ``key``; ``MAP_DUPLICATE_KEY [class, field, ref, key]`` when it is there already."""
+        with self.lock:
+            current = dict(self.get(cls, ref)[field])
+            if key in current:
+                raise XapiError("MAP_DUPLICATE_KEY", cls, field, ref, key)
+            current[key] = value
+            self.set(cls, ref, field, current)
+
+    def map_remove(self, cls: str, ref: str, field: str, key: object) -> None:
+        """Remove ``key`` if present (XAPI does not complain about a missing key)."""
+        with self.lock:
+            current = dict(self.get(cls, ref)[field])
+            current.pop(key, None)
+            self.set(cls, ref, field, current)
+
+    def set_add(self, cls: str, ref: str, field: str, value: object) -> None:
+        """Add ``value`` to a set field unless it is a member already."""
+        with self.lock:
+            current = list(self.get(cls, ref)[field])
+            if value not in current:
+                self.set(cls, ref, field, [*current, value])
+
+    def set_remove(self, cls: str, ref: str, field: str, value: object) -> None:
+        with self.lock:
+            self.set(cls, ref, field, [v for v in self.get(cls, ref)[field] if v != value])
+
     def update(self, cls: str, ref: str, /, **fields: object) -> None:
         """Change fields of one object and emit one ``mod`` event."""
         with self.lock:

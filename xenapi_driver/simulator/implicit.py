@@ -104,29 +104,14 @@ def run(ctx: CallContext, msg: Message, params: list) -> object:
             db.set(cls, ref, f.name, params[1])
             return None
         if prefix == "add_to_":
-            key, value = params[1], params[2]
-            current = dict(rec[f.name])
-            if key in current:
-                raise XapiError("MAP_DUPLICATE_KEY", cls, f.name, ref, key)
-            current[key] = value
-            db.set(cls, ref, f.name, current)
-            return None
-        if prefix == "remove_from_":
-            current = dict(rec[f.name])
-            current.pop(params[1], None)
-            db.set(cls, ref, f.name, current)
-            return None
-        if prefix == "add_":
-            current = list(rec[f.name])
-            if params[1] not in current:
-                current.append(params[1])
-                db.set(cls, ref, f.name, current)
-            return None
-        if prefix == "remove_":
-            current = [v for v in rec[f.name] if v != params[1]]
-            db.set(cls, ref, f.name, current)
-            return None
-    raise XapiError("NOT_IMPLEMENTED", msg.full_name)
+            db.map_add(cls, ref, f.name, params[1], params[2])
+        elif prefix == "remove_from_":
+            db.map_remove(cls, ref, f.name, params[1])
+        elif prefix == "add_":
+            db.set_add(cls, ref, f.name, params[1])
+        else:
+            db.set_remove(cls, ref, f.name, params[1])
+        return None
 
 
 def create_from_record(ctx: CallContext, info: ClassInfo, args: dict) -> str:

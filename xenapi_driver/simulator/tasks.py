@@ -39,41 +39,20 @@ def create(db: Database, label: str, description: str = "", host: str = NULL_REF
 
 def succeed(db: Database, task: str, value: object) -> None:
     """Complete ``task`` with ``value`` (stored XML-RPC-serialised, void as "")."""
-    with db.lock:
-        if not db.exists("task", task):
-            return
-        rec = db.get("task", task)
-        if rec["status"] in FINISHED:
-            return
-        db.update(
-            "task",
-            task,
-            status="success",
-            progress=1.0,
-            result="" if value is None else xml_value(value),
-            finished=now(),
-            allowed_operations=[],
-        )
-        gc(db)
+    _finish(db, task, status="success", result="" if value is None else xml_value(value))
 
 
 def fail(db: Database, task: str, details: list[str]) -> None:
+    status = "cancelled" if details and details[0] == "TASK_CANCELLED" else "failure"
+    _finish(db, task, status=status, error_info=[str(d) for d in details])
+
+
+def _finish(db: Database, task: str, **fields: object) -> None:
+    """End a pending task once (a finished or vanished task is left alone), then collect old ones."""
     with db.lock:
-        if not db.exists("task", task):
+        if not db.exists("task", task) or db.get("task", task)["status"] in FINISHED:
             return
-        rec = db.get("task", task)
-        if rec["status"] in FINISHED:
-            return
-        status = "cancelled" if details and details[0] == "TASK_CANCELLED" else "failure"
-        db.update(
-            "task",
-            task,
-            status=status,
-            progress=1.0,
-            error_info=[str(d) for d in details],
-            finished=now(),
-            allowed_operations=[],
-        )
+        db.update("task", task, progress=1.0, finished=now(), allowed_operations=[], **fields)
         gc(db)
 
 

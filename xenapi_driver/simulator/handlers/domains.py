@@ -67,6 +67,21 @@ def _console_location(ctx_pool, host_ref: str, console_uuid: str, db) -> str:
     return f"http://{netloc}/console?uuid={console_uuid}"
 
 
+def set_devices_attached(db, rec: dict, attached: bool) -> None:
+    """Plug (or unplug) every VBD and VIF of a VM, as the domain builder does at boot (and stop)."""
+    for vbd in rec["VBDs"]:
+        if db.get("VBD", vbd)["currently_attached"] != attached:
+            (storage.attach_vbd if attached else storage.detach_vbd)(db, vbd)
+    for vif in rec["VIFs"]:
+        db.update("VIF", vif, currently_attached=attached)
+        refresh_vif(db, vif)
+
+
+def _drop_consoles(db, rec: dict) -> None:
+    for console in list(rec["consoles"]):
+        db.destroy("console", console)
+
+
 def boot_domain(pool, vm_ref: str, host_ref: str, *, paused: bool = False, new_metrics: bool = True) -> int:
     """Make ``vm_ref`` resident on ``host_ref`` with a fresh domid, devices, console and xenstore."""
     db = pool.db
@@ -74,15 +89,8 @@ def boot_domain(pool, vm_ref: str, host_ref: str, *, paused: bool = False, new_m
     with db.lock:
         rec = db.get("VM", vm_ref)
         domid = next_domid(db.get("host", host_ref)["uuid"])
-        for vbd in rec["VBDs"]:
-            vbd_rec = db.get("VBD", vbd)
-            if not vbd_rec["currently_attached"]:
-                storage.attach_vbd(db, vbd)
-        for vif in rec["VIFs"]:
-            db.update("VIF", vif, currently_attached=True)
-            refresh_vif(db, vif)
-        for console in list(rec["consoles"]):
-            db.destroy("console", console)
+        set_devices_attached(db, rec, True)
+        _drop_consoles(db, rec)
         console_uuid = str(uuidlib.uuid4())
         db.create(
             "console",
@@ -126,14 +134,8 @@ def stop_domain(pool, vm_ref: str, *, keep_devices: bool = False) -> None:
         host_ref = rec["resident_on"]
         domid = int(rec["domid"])
         if not keep_devices:
-            for vbd in rec["VBDs"]:
-                if db.get("VBD", vbd)["currently_attached"]:
-                    storage.detach_vbd(db, vbd)
-            for vif in rec["VIFs"]:
-                db.update("VIF", vif, currently_attached=False)
-                refresh_vif(db, vif)
-        for console in list(rec["consoles"]):
-            db.destroy("console", console)
+            set_devices_attached(db, rec, False)
+        _drop_consoles(db, rec)
         db.update("VM", vm_ref, resident_on=NULL_REF, domid=-1, memory_target=0)
         update_metrics(db, vm_ref, running=False)
         if not storage.is_null(rec["guest_metrics"]) and db.exists("VM_guest_metrics", rec["guest_metrics"]):

@@ -6,7 +6,6 @@ Each one that no dedicated handler claims changes its field.  This module is loa
 
 from __future__ import annotations
 
-from xenapi_driver.simulator.errors import XapiError
 from xenapi_driver.simulator.handlers import storage
 from xenapi_driver.simulator.handlers.vm_state import refresh_vm
 from xenapi_driver.simulator.registry import message
@@ -23,32 +22,17 @@ def _field_setter(cls: str, field: str, after=None):
 
 def _set_adder(cls: str, field: str, add: bool):
     def change(ctx, ref: str, value) -> None:
-        db = ctx.db
-        with db.lock:
-            current = [v for v in db.get(cls, ref)[field] if v != value]
-            if add:
-                current.append(value)
-            db.set(cls, ref, field, current)
+        (ctx.db.set_add if add else ctx.db.set_remove)(cls, ref, field, value)
 
     return change
 
 
 def _map_changer(cls: str, field: str, add: bool):
     def add_to(ctx, ref: str, key, value) -> None:
-        db = ctx.db
-        with db.lock:
-            current = dict(db.get(cls, ref)[field])
-            if key in current:
-                raise XapiError("MAP_DUPLICATE_KEY", cls, field, ref, key)
-            current[key] = value
-            db.set(cls, ref, field, current)
+        ctx.db.map_add(cls, ref, field, key, value)
 
     def remove_from(ctx, ref: str, key) -> None:
-        db = ctx.db
-        with db.lock:
-            current = dict(db.get(cls, ref)[field])
-            current.pop(key, None)
-            db.set(cls, ref, field, current)
+        ctx.db.map_remove(cls, ref, field, key)
 
     return add_to if add else remove_from
 

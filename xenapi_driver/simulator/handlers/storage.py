@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xenapi_driver.simulator.errors import XapiError
+from xenapi_driver.simulator.handlers import devices
 from xenapi_driver.simulator.registry import message, reset_hook
 from xenapi_driver.simulator.schema import NULL_REF, XDate
 from xenapi_driver.simulator.sr_backend import DiskInfo, FileSR, IsoSR, LunSR, SRBackendError, lun_scsi_id
@@ -574,20 +575,17 @@ def sr_create(
     elif sr_type in FILE_SR_TYPES:
         sim_host(ctx.pool, host).sr_path(sr_uuid).mkdir(parents=True)
     with db.lock:
-        sr_ref = _create_with_uuid(
+        size = int(physical_size) or (DEFAULT_SR_SIZE if sr_type in FILE_SR_TYPES else 0)
+        sr_ref = _new_sr(
             db,
-            "SR",
-            dict(
-                uuid=sr_uuid,
-                name_label=name_label,
-                name_description=name_description,
-                type=sr_type,
-                content_type=_sr_content_type(sr_type, content_type),
-                shared=bool(shared),
-                sm_config=dict(sm_config or {}),
-                physical_size=int(physical_size) or (DEFAULT_SR_SIZE if sr_type in FILE_SR_TYPES else 0),
-                allowed_operations=_sr_ops(),
-            ),
+            sr_uuid,
+            name_label,
+            name_description,
+            sr_type,
+            content_type,
+            shared,
+            sm_config,
+            physical_size=size,
         )
         for h in hosts:
             db.create(
@@ -630,20 +628,23 @@ def sr_introduce(ctx, uuid, name_label, name_description, sr_type, content_type,
         existing = None
     if existing:
         raise XapiError("SR_UUID_EXISTS", uuid)
-    return _create_with_uuid(
-        db,
-        "SR",
-        dict(
-            uuid=uuid or str(uuidlib.uuid4()),
-            name_label=name_label,
-            name_description=name_description,
-            type=sr_type,
-            content_type=_sr_content_type(sr_type, content_type),
-            shared=bool(shared),
-            sm_config=dict(sm_config or {}),
-            allowed_operations=_sr_ops(),
-        ),
+    uuid = uuid or str(uuidlib.uuid4())
+    return _new_sr(db, uuid, name_label, name_description, sr_type, content_type, shared, sm_config)
+
+
+def _new_sr(db, uuid, name_label, name_description, sr_type, content_type, shared, sm_config, **extra) -> str:
+    """The SR record ``SR.create`` and ``SR.introduce`` both make."""
+    fields = dict(
+        uuid=uuid,
+        name_label=name_label,
+        name_description=name_description,
+        type=sr_type,
+        content_type=_sr_content_type(sr_type, content_type),
+        shared=bool(shared),
+        sm_config=dict(sm_config or {}),
+        allowed_operations=_sr_ops(),
     )
+    return _create_with_uuid(db, "SR", {**fields, **extra})
 
 
 def _errors() -> dict:
@@ -791,7 +792,7 @@ def pbd_destroy(ctx, pbd_ref: str) -> None:
 
 
 # -- VBD ---------------------------------------------------------------------------------------
-VBD_RUNNING_STATES = ("Running", "Paused")
+VBD_RUNNING_STATES = devices.RUNNING_STATES
 
 
 def vbd_allowed_operations(db, vbd_ref: str) -> list[str]:
@@ -812,10 +813,14 @@ def vbd_allowed_operations(db, vbd_ref: str) -> list[str]:
 
 def refresh_vbd(db, vbd_ref: str) -> None:
     db.set("VBD", vbd_ref, "allowed_operations", vbd_allowed_operations(db, vbd_ref))
-    vdi = db.get("VBD", vbd_ref)["VDI"]
-    if not is_null(vdi):
+    _refresh_vdi_if_any(db, db.get("VBD", vbd_ref)["VDI"])
+
+
+def _refresh_vdi_if_any(db, vdi_ref: str) -> None:
+    """A VBD's VDI may be NULL or already gone; otherwise its allowed operations follow the VBD."""
+    if not is_null(vdi_ref):
         try:
-            refresh_vdi(db, vdi)
+            refresh_vdi(db, vdi_ref)
         except XapiError:
             pass
 
@@ -908,12 +913,7 @@ def detach_vbd(db, vbd_ref: str) -> None:
 def vbd_plug(ctx, vbd_ref: str) -> None:
     db = ctx.db
     with db.lock:
-        vbd = db.get("VBD", vbd_ref)
-        vm = db.get("VM", vbd["VM"])
-        if vm["power_state"] not in VBD_RUNNING_STATES:
-            raise XapiError("VM_BAD_POWER_STATE", vbd["VM"], "running", vm["power_state"].lower())
-        if vbd["currently_attached"]:
-            raise XapiError("DEVICE_ALREADY_ATTACHED", vbd_ref)
+        devices.checked(db, "VBD", vbd_ref, attached=False)
         attach_vbd(db, vbd_ref)
 
 
@@ -921,12 +921,7 @@ def vbd_plug(ctx, vbd_ref: str) -> None:
 def vbd_unplug(ctx, vbd_ref: str) -> None:
     db = ctx.db
     with db.lock:
-        vbd = db.get("VBD", vbd_ref)
-        vm = db.get("VM", vbd["VM"])
-        if vm["power_state"] not in VBD_RUNNING_STATES:
-            raise XapiError("VM_BAD_POWER_STATE", vbd["VM"], "running", vm["power_state"].lower())
-        if not vbd["currently_attached"]:
-            raise XapiError("DEVICE_ALREADY_DETACHED", vbd_ref)
+        vbd = devices.checked(db, "VBD", vbd_ref, attached=True)
         if not vbd["unpluggable"]:
             raise XapiError("VBD_NOT_UNPLUGGABLE", vbd_ref)
         detach_vbd(db, vbd_ref)
@@ -936,9 +931,7 @@ def vbd_unplug(ctx, vbd_ref: str) -> None:
 def vbd_unplug_force(ctx, vbd_ref: str) -> None:
     db = ctx.db
     with db.lock:
-        vbd = db.get("VBD", vbd_ref)
-        if not vbd["currently_attached"]:
-            raise XapiError("DEVICE_ALREADY_DETACHED", vbd_ref)
+        devices.checked(db, "VBD", vbd_ref, attached=True, running=False)
         detach_vbd(db, vbd_ref)
 
 
@@ -946,16 +939,9 @@ def vbd_unplug_force(ctx, vbd_ref: str) -> None:
 def vbd_destroy(ctx, vbd_ref: str) -> None:
     db = ctx.db
     with db.lock:
-        vbd = db.get("VBD", vbd_ref)
-        if vbd["currently_attached"]:
-            raise XapiError("OPERATION_NOT_ALLOWED", "VBD is currently attached; unplug it first")
-        vdi = vbd["VDI"]
+        vbd = devices.destroyable(db, "VBD", vbd_ref)
         db.destroy("VBD", vbd_ref)
-        if not is_null(vdi):
-            try:
-                refresh_vdi(db, vdi)
-            except XapiError:
-                pass
+        _refresh_vdi_if_any(db, vbd["VDI"])
 
 
 @message("VBD.insert")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from xenapi_driver.simulator.errors import XapiError
+from xenapi_driver.simulator.handlers import devices
 from xenapi_driver.simulator.handlers.vm_state import PAUSED, RUNNING
 from xenapi_driver.simulator.implicit import create_from_record
 from xenapi_driver.simulator.registry import message
@@ -44,39 +45,23 @@ def vif_create(ctx, record: dict) -> str:
 
 @message("VIF.plug")
 def vif_plug(ctx, vif_ref: str) -> None:
-    db = ctx.db
-    with db.lock:
-        vif = db.get("VIF", vif_ref)
-        vm = db.get("VM", vif["VM"])
-        if vm["power_state"] not in (RUNNING, PAUSED):
-            raise XapiError("VM_BAD_POWER_STATE", vif["VM"], "running", vm["power_state"].lower())
-        if vif["currently_attached"]:
-            raise XapiError("DEVICE_ALREADY_ATTACHED", vif_ref)
-        db.set("VIF", vif_ref, "currently_attached", True)
-        refresh_vif(db, vif_ref)
+    _set_attached(ctx.db, vif_ref, True)
 
 
 @message("VIF.unplug")
 def vif_unplug(ctx, vif_ref: str) -> None:
-    db = ctx.db
-    with db.lock:
-        vif = db.get("VIF", vif_ref)
-        vm = db.get("VM", vif["VM"])
-        if vm["power_state"] not in (RUNNING, PAUSED):
-            raise XapiError("VM_BAD_POWER_STATE", vif["VM"], "running", vm["power_state"].lower())
-        if not vif["currently_attached"]:
-            raise XapiError("DEVICE_ALREADY_DETACHED", vif_ref)
-        db.set("VIF", vif_ref, "currently_attached", False)
-        refresh_vif(db, vif_ref)
+    _set_attached(ctx.db, vif_ref, False)
 
 
 @message("VIF.unplug_force")
 def vif_unplug_force(ctx, vif_ref: str) -> None:
-    db = ctx.db
+    _set_attached(ctx.db, vif_ref, False, running=False)
+
+
+def _set_attached(db, vif_ref: str, attached: bool, *, running: bool = True) -> None:
     with db.lock:
-        if not db.get("VIF", vif_ref)["currently_attached"]:
-            raise XapiError("DEVICE_ALREADY_DETACHED", vif_ref)
-        db.set("VIF", vif_ref, "currently_attached", False)
+        devices.checked(db, "VIF", vif_ref, attached=not attached, running=running)
+        db.set("VIF", vif_ref, "currently_attached", attached)
         refresh_vif(db, vif_ref)
 
 
@@ -84,9 +69,7 @@ def vif_unplug_force(ctx, vif_ref: str) -> None:
 def vif_destroy(ctx, vif_ref: str) -> None:
     db = ctx.db
     with db.lock:
-        vif = db.get("VIF", vif_ref)
-        if vif["currently_attached"]:
-            raise XapiError("OPERATION_NOT_ALLOWED", "VIF is currently attached; unplug it first")
+        devices.destroyable(db, "VIF", vif_ref)
         db.destroy("VIF", vif_ref)
 
 

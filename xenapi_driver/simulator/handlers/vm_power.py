@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xenapi_driver.simulator.errors import XapiError
 from xenapi_driver.simulator.handlers import storage
-from xenapi_driver.simulator.handlers.domains import boot_domain, stop_domain
+from xenapi_driver.simulator.handlers.domains import boot_domain, set_devices_attached, stop_domain
 from xenapi_driver.simulator.handlers.placement import assert_can_boot_here, choose_host, host_offline
 from xenapi_driver.simulator.handlers.vm_config import check_memory_constraints
 from xenapi_driver.simulator.handlers.vm_metrics import ensure_metrics, update_metrics
@@ -119,30 +119,11 @@ def _shutdown(ctx, vm_ref: str, op: str) -> None:
         if rec["power_state"] == SUSPENDED:
             drop_suspend_image(ctx, vm_ref)
             with db.lock:
-                for vbd in rec["VBDs"]:
-                    if db.get("VBD", vbd)["currently_attached"]:
-                        storage.detach_vbd(db, vbd)
-                for vif in rec["VIFs"]:
-                    db.update("VIF", vif, currently_attached=False)
+                set_devices_attached(db, rec, False)
                 db.update("VM", vm_ref, power_state=HALTED)
             return
         stop_domain(ctx.pool, vm_ref)
         db.set("VM", vm_ref, "power_state", HALTED)
-
-
-@message("VM.clean_shutdown")
-def vm_clean_shutdown(ctx, vm_ref: str) -> None:
-    _shutdown(ctx, vm_ref, "clean_shutdown")
-
-
-@message("VM.hard_shutdown")
-def vm_hard_shutdown(ctx, vm_ref: str) -> None:
-    _shutdown(ctx, vm_ref, "hard_shutdown")
-
-
-@message("VM.shutdown")
-def vm_shutdown(ctx, vm_ref: str) -> None:
-    _shutdown(ctx, vm_ref, "shutdown")
 
 
 def _reboot(ctx, vm_ref: str, op: str) -> None:
@@ -155,14 +136,19 @@ def _reboot(ctx, vm_ref: str, op: str) -> None:
         boot_domain(ctx.pool, vm_ref, host_ref, paused=False)
 
 
-@message("VM.clean_reboot")
-def vm_clean_reboot(ctx, vm_ref: str) -> None:
-    _reboot(ctx, vm_ref, "clean_reboot")
+def _for_operation(action, op: str):
+    """The message handler running ``action`` as XAPI operation ``op`` (same name as the message)."""
+
+    def handler(ctx, vm_ref: str) -> None:
+        action(ctx, vm_ref, op)
+
+    handler.__name__ = handler.__qualname__ = f"vm_{op}"
+    return handler
 
 
-@message("VM.hard_reboot")
-def vm_hard_reboot(ctx, vm_ref: str) -> None:
-    _reboot(ctx, vm_ref, "hard_reboot")
+for _op, _action in [("clean_shutdown", _shutdown), ("hard_shutdown", _shutdown), ("shutdown", _shutdown),
+                     ("clean_reboot", _reboot), ("hard_reboot", _reboot)]:  # fmt: skip
+    message(f"VM.{_op}")(_for_operation(_action, _op))
 
 
 @message("VM.pause")

@@ -175,21 +175,13 @@ message("VM.set_is_a_template")(_set_and_refresh("is_a_template"))
 
 @message("VM.add_to_blocked_operations")
 def vm_add_blocked(ctx, vm_ref: str, key: str, value: str) -> None:
-    db = ctx.db
-    with db.lock:
-        current = dict(db.get("VM", vm_ref)["blocked_operations"])
-        if key in current:
-            raise XapiError("MAP_DUPLICATE_KEY", "VM", "blocked_operations", vm_ref, key)
-        current[key] = value
-        db.set("VM", vm_ref, "blocked_operations", current)
-        refresh_vm(db, vm_ref)
+    with ctx.db.lock:
+        ctx.db.map_add("VM", vm_ref, "blocked_operations", key, value)
+        refresh_vm(ctx.db, vm_ref)
 
 
 @message("VM.remove_from_blocked_operations")
 def vm_remove_blocked(ctx, vm_ref: str, key: str) -> None:
-    db = ctx.db
-    with db.lock:
-        current = dict(db.get("VM", vm_ref)["blocked_operations"])
-        current.pop(key, None)
-        db.set("VM", vm_ref, "blocked_operations", current)
-        refresh_vm(db, vm_ref)
+    with ctx.db.lock:
+        ctx.db.map_remove("VM", vm_ref, "blocked_operations", key)
+        refresh_vm(ctx.db, vm_ref)

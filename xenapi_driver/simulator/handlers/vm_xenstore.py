@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from xenapi_driver.simulator.errors import XapiError
 from xenapi_driver.simulator.handlers import xenstore
 from xenapi_driver.simulator.handlers.vm_state import PAUSED, RUNNING
 from xenapi_driver.simulator.registry import message
@@ -35,21 +34,11 @@ def vm_set_xenstore_data(ctx, vm_ref: str, value: dict) -> None:
 
 @message("VM.add_to_xenstore_data")
 def vm_add_to_xenstore_data(ctx, vm_ref: str, key: str, value: str) -> None:
-    db = ctx.db
-    with db.lock:
-        current = dict(db.get("VM", vm_ref)["xenstore_data"])
-        if key in current:
-            raise XapiError("MAP_DUPLICATE_KEY", "VM", "xenstore_data", vm_ref, key)
-        current[key] = value
-        db.set("VM", vm_ref, "xenstore_data", current)
+    ctx.db.map_add("VM", vm_ref, "xenstore_data", key, value)
     _live_xenstore(ctx, vm_ref, {key: value})
 
 
 @message("VM.remove_from_xenstore_data")
 def vm_remove_from_xenstore_data(ctx, vm_ref: str, key: str) -> None:
-    db = ctx.db
-    with db.lock:
-        current = dict(db.get("VM", vm_ref)["xenstore_data"])
-        current.pop(key, None)
-        db.set("VM", vm_ref, "xenstore_data", current)
+    ctx.db.map_remove("VM", vm_ref, "xenstore_data", key)
     _live_xenstore(ctx, vm_ref, {key: None})
