@@ -156,6 +156,32 @@ def test_every_step_runs_once_the_driver_delegates(tmp_path: Path) -> None:
     assert list(scratch.iterdir()) == []
 
 
+def test_a_failing_step_is_reported_and_still_cleaned_up(tmp_path: Path) -> None:
+    """XAPI fails the boot: FAILED with XAPI's reason, exit status 1, the server deleted, nothing left."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    child = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("faulty_demo.py"))],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(REPO_ROOT)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    out = child.stdout
+    assert child.returncode == 1, f"exit {child.returncode}\n{out}\n{child.stderr[-4000:]}"
+    assert re.search(r"^  boot\s+FAILED\s+.*INTERNAL_ERROR.*injected by faulty_demo\.py", out, re.M), out
+    assert "--- what went wrong" in out, "the failure shows its traceback and Nova's log"
+    rows = _rows(out)
+    assert rows["boot"][0] == "FAILED"
+    assert all(rows[s][0] == "skipped" for s in ("snapshot", "resize", "confirm", "live-migrate")), out
+    assert rows["delete"][0] == "ok", "the server left in ERROR is deleted"
+    assert "no VM or disk of it left on either host" in out
+    assert "Cleaned up: simulator stopped" in out
+    assert list(scratch.iterdir()) == []
+
+
 def test_keep_leaves_a_usable_simulator(tmp_path: Path) -> None:
     child = _run_demo(tmp_path, "--keep")
     out = child.stdout
@@ -218,7 +244,7 @@ def test_help_is_fast_and_explains_keep() -> None:
     assert check.stdout.strip() == "False", "parsing the command line must not import Nova"
 
 
-@pytest.mark.parametrize("bad", [["--no-such-option"], ["--image-mib", "x"]])
+@pytest.mark.parametrize("bad", [["--no-such-option"], ["--image-mib", "x"], ["--image-mib", "4096"]])
 def test_bad_arguments_are_refused(bad: list[str]) -> None:
     child = subprocess.run(
         [sys.executable, "-m", "xenapi_driver.demo", *bad],

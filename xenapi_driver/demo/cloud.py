@@ -82,7 +82,8 @@ def prepare_nova(log_path: Path) -> None:
     stdout when imported) to ``log_path``, so nothing from Nova reaches the
     terminal outside the harness's own log capture.
     """
-    os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1")
+    # Native threads, Nova 34's nova-compute default, whatever the caller's environment says.
+    os.environ["OS_NOVA_DISABLE_EVENTLET_PATCHING"] = "1"
     import nova.tests.functional  # noqa: F401  (first: runs nova.monkey_patch.patch())
 
     importlib.import_module("nova.test")  # sets up oslo.log on stdout

@@ -43,6 +43,16 @@ Everything runs locally (loopback only) in a temporary directory that is removed
 at the end."""
 
 
+def _image_mib(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of MiB: {text!r}") from None
+    if not 2 <= value <= 512:
+        raise argparse.ArgumentTypeError("give between 2 and 512 MiB (the disk is 1 GiB)")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m xenapi_driver.demo",
@@ -57,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--image-mib",
-        type=int,
+        type=_image_mib,
         default=8,
         metavar="MIB",
         help="MiB of data in the demo image's VHD chain, in 2 MiB VHD blocks (default: 8)",
@@ -230,6 +240,7 @@ class Demo:
             }
         )
         self.watcher.instance_uuid = server["id"]
+        self.server = server  # from here on the server exists: delete removes it whatever happens
         self.server = self.cloud.wait_server(server["id"], STEP_TIMEOUT, status="ACTIVE")
         return f"server {server['id'][:8]} ACTIVE on {self.server['OS-EXT-SRV-ATTR:host']}"
 
@@ -320,9 +331,13 @@ class Demo:
         elif missing:
             result.status = SKIPPED
             result.note = f"not available yet: XenAPIDriver does not implement {', '.join(missing)}"
-        elif self.server is None and step.name != "boot":
+        elif step.name == "delete" and self.server is None:
             result.status = SKIPPED
-            result.note = "no server (the boot step failed)"
+            result.note = "no server to delete (the boot step failed)"
+        elif step.name != "delete" and self.failed:
+            # The server may be in ERROR or mid-operation: only delete still makes sense.
+            result.status = SKIPPED
+            result.note = "an earlier step failed"
         if result.status == SKIPPED:
             report.print_step(result, self.out)
             return result
@@ -380,7 +395,9 @@ class Demo:
         return result
 
     def _failure_details(self, tb: str) -> None:
-        self.say("    --- what went wrong (traceback, then the end of Nova's log) ---")
+        self.say(
+            "    --- what went wrong (traceback, then the end of Nova's log; --log FILE keeps it all) ---"
+        )
         for line in tb.rstrip().splitlines()[-12:]:
             self.say("    " + line)
         for line in self.cloud.log_tail(40).splitlines():
