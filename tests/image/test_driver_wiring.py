@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from image_helpers import MiB, make_instance, pattern, raw_disk, vdi_bytes
+from nova.network import model as network_model
 
 from nova import objects
-from nova.network import model as network_model
 from nova.virt import fake
 from xenapi_driver import vmops
 from xenapi_driver.driver import XenAPIDriver
