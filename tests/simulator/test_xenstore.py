@@ -129,16 +129,20 @@ def test_agents_switched_through_the_public_api(xapi, sim):
     vm = make_vm(xapi, "switched")
     xapi.VM.start_on(vm, host.ref, False, False)
     domid = int(xapi.VM.get_domid(vm))
+    request = json.dumps({"name": "version", "value": ""})
+    base = f"/local/domain/{domid}/data"
     try:
         sim.set_agent_enabled(host.uuid, False)
         assert sim.agents_for(host).enabled is False
-        with pytest.raises(XenAPI.Failure) as info:
-            xapi.host.call_plugin(host.ref, "agent", "version", {"dom_id": str(domid), "timeout": "1"})
-        assert "AGENT_TIMEOUT" in info.value.details
+        xs(host, "write", f"{base}/host/r1", request)  # nobody answers: the request stays
+        assert not xs(host, "exists", f"{base}/guest/r1")["value"]
+        assert xs(host, "read", f"{base}/host/r1")["value"] == request
     finally:
         sim.set_agent_enabled(host, True)
-    assert agent_call(xapi, host.ref, "version", domid)["message"] == "1.0.0"
-    assert sim.agents_for(host.ref).state(domid).requests
+    xs(host, "write", f"{base}/host/r2", request)
+    reply = json.loads(xs(host, "read", f"{base}/guest/r2")["value"])
+    assert reply == {"returncode": "0", "message": "1.0.0"}
+    assert sim.agents_for(host.ref).state(domid).requests == ["version"]
     xapi.VM.hard_shutdown(vm)
 
 
