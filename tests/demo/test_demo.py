@@ -244,6 +244,30 @@ def test_help_is_fast_and_explains_keep() -> None:
     assert check.stdout.strip() == "False", "parsing the command line must not import Nova"
 
 
+def test_missing_harness_is_explained(tmp_path: Path) -> None:
+    """Without Nova's test requirements the demo says what to install, and still leaves nothing."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = (
+        "import sys; sys.modules['wsgi_intercept'] = None; "  # as if wsgi-intercept were not installed
+        "from xenapi_driver.demo import runner; sys.exit(runner.main([]))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(REPO_ROOT)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 1, child.stdout + child.stderr
+    assert "needs the Python module wsgi_intercept" in child.stdout
+    assert "pip install 'xenapi-driver[test]'" in child.stdout
+    assert "Traceback" not in child.stdout + child.stderr
+    assert list(scratch.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", [["--no-such-option"], ["--image-mib", "x"], ["--image-mib", "4096"]])
 def test_bad_arguments_are_refused(bad: list[str]) -> None:
     child = subprocess.run(

@@ -75,6 +75,18 @@ paste.filter_factory = nova.api.auth:NovaKeystoneContext.factory
 """
 
 
+#: What Nova's harness imports beyond Nova itself (Nova's test requirements).
+HARNESS_MODULES = (
+    "nova.tests.functional.integrated_helpers",  # oslotest, testtools, fixtures
+    "nova.tests.functional.fixtures",  # openstack-placement
+    "wsgi_intercept",  # the API fixture
+)
+
+
+class HarnessMissing(RuntimeError):
+    """Nova's functional-test harness (or one of its test requirements) is not installed."""
+
+
 def prepare_nova(log_path: Path) -> None:
     """Choose Nova's concurrency mode (native threads) before anything imports eventlet.
 
@@ -84,9 +96,18 @@ def prepare_nova(log_path: Path) -> None:
     """
     # Native threads, Nova 34's nova-compute default, whatever the caller's environment says.
     os.environ["OS_NOVA_DISABLE_EVENTLET_PATCHING"] = "1"
-    import nova.tests.functional  # noqa: F401  (first: runs nova.monkey_patch.patch())
+    try:
+        import nova.tests.functional  # noqa: F401  (first: runs nova.monkey_patch.patch())
 
-    importlib.import_module("nova.test")  # sets up oslo.log on stdout
+        importlib.import_module("nova.test")  # sets up oslo.log on stdout
+        for name in HARNESS_MODULES:
+            importlib.import_module(name)
+    except ImportError as exc:
+        raise HarnessMissing(
+            f"the demo runs Nova's own functional-test harness, which needs the Python module "
+            f"{exc.name or exc}; install the driver's test extra into this environment "
+            "(pip install 'xenapi-driver[test]'), or run ./run demo from a checkout"
+        ) from None
     import nova.virt
 
     root = logging.getLogger()

@@ -557,7 +557,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         demo.say("\nLeft behind: " + "; ".join(problems))
         status = status or 1
     else:
-        demo.say("\nCleaned up: simulator stopped, no process or thread left, working directory removed.")
+        stopped = "simulator stopped, " if demo.sim is not None and demo.sim.remote is not None else ""
+        demo.say(f"\nCleaned up: {stopped}no process or thread left, working directory removed.")
     if demo.failed:
         status = status or 1
     demo.say(f"Finished in {time.monotonic() - began:.1f} s.")
