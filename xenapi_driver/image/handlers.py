@@ -321,7 +321,7 @@ class DirectVHDHandler:
         args.update(image_id=image_id, sr_path=sr.sr_path(self.session, sr_ref))
         LOG.info("dom0 downloads image %s from %s", image_id, url)
         try:
-            result = json.loads(self.session.call_plugin("glance", "download_vhd", args))
+            result = json.loads(sr.call_plugin_async(self.session, "glance", "download_vhd", args))
         except xexc.XenAPIError as exc:
             if exc.code == "COMMAND_FAILED" and str(exc.params[:1]).startswith("['vhd-util"):
                 # Only the received image is examined with vhd-util before it enters the SR.
@@ -358,7 +358,7 @@ class DirectVHDHandler:
         )
         LOG.info("dom0 uploads the chain of VDI %s to image %s at %s", vdi_ref, image_id, url)
         try:
-            result = json.loads(self.session.call_plugin("glance", "upload_vhd", args))
+            result = json.loads(sr.call_plugin_async(self.session, "glance", "upload_vhd", args))
         except xexc.XenAPIError as exc:
             raise errors.translate(exc, image_id, url) from exc
         LOG.info("dom0 uploaded image %s: 100%% (%s bytes)", image_id, result.get("size"))

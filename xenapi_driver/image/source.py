@@ -175,7 +175,7 @@ class XenAPIImageSource:
                 "cached_image": image_id,
             }
             try:
-                result = json.loads(self.session.call_plugin("kernel", "copy_vdi", args))
+                result = json.loads(sr.call_plugin_async(self.session, "kernel", "copy_vdi", args))
             except xexc.XenAPIError as exc:
                 raise errors.translate(exc, image_id) from exc
         finally:

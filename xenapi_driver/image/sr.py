@@ -47,6 +47,17 @@ def chain_uuids(session: Any, sr_ref: str, vdi_ref: str) -> list[str]:
     return chain
 
 
+def call_plugin_async(session: Any, plugin: str, fn: str, args: dict[str, str]) -> str:
+    """``host.call_plugin`` on the managed host as a XAPI task.
+
+    A plug-in moving an image runs for minutes; as a task, no pooled XML-RPC
+    session is held busy meanwhile (``call_async`` polls the task instead).
+    """
+    args = {str(k): str(v) for k, v in args.items()}
+    result = session.call_async("host.call_plugin", session.host_ref, plugin, fn, args)
+    return "" if result is None else str(result)
+
+
 def scan(session: Any, sr_ref: str) -> None:
     """``SR.scan``: introduces new files, forgets vanished ones and runs the storage GC."""
     session.call_xenapi("SR.scan", sr_ref)
