@@ -21,6 +21,7 @@ import importlib.util
 import io
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -110,6 +111,8 @@ def prepare_nova(log_path: Path) -> None:
         ) from None
     import nova.virt
 
+    # oslo.log's set-up also routes uncaught exceptions to the log: keep them on the terminal.
+    sys.excepthook = sys.__excepthook__
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
