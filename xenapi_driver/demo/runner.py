@@ -117,8 +117,12 @@ def build_image(workdir: Path, data_mib: int) -> tuple[bytes, int]:
 # -- steps -------------------------------------------------------------------------------------
 
 
-def overrides(driver: Any, *names: str) -> list[str]:
-    """Which of ``names`` the driver does not implement (still Nova's base-class stub)."""
+def missing_methods(driver: Any, *names: str) -> list[str]:
+    """Which of ``names`` the driver does not implement (still Nova's base-class stubs).
+
+    This is how the demo tells a feature that has not landed from one that
+    has: a step runs exactly when the driver overrides what it needs.
+    """
     from nova.virt import driver as nova_driver
 
     base = nova_driver.ComputeDriver
@@ -127,6 +131,8 @@ def overrides(driver: Any, *names: str) -> list[str]:
 
 @dataclass
 class Step:
+    """One REST-API step of the demo and what it needs from the driver."""
+
     name: str
     title: str
     run: Callable[[], str | None]
@@ -139,6 +145,8 @@ class Step:
 
 
 class Demo:
+    """Sets up the simulated hosts and Nova, runs the steps, keeps their results."""
+
     def __init__(self, args: argparse.Namespace, out: TextIO) -> None:
         self.args = args
         self.out = out
@@ -324,7 +332,7 @@ class Demo:
     # -- running a step -------------------------------------------------------------------
     def run_step(self, step: Step) -> StepResult:
         result = StepResult(step.name, step.title)
-        missing = sorted({m for d in self.cloud.drivers() for m in overrides(d, *step.needs)})
+        missing = sorted({m for d in self.cloud.drivers() for m in missing_methods(d, *step.needs)})
         if step.blocked_by and any(r.name == step.blocked_by and r.status != OK for r in self.results):
             result.status = SKIPPED
             result.note = f"needs the {step.blocked_by} step"
