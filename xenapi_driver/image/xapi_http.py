@@ -24,6 +24,8 @@ from xenapi_driver.image.progress import Progress
 
 LOG = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
+#: Reads of export streams: small enough that progress of small disks is still seen in steps.
+EXPORT_CHUNK = 256 * 1024
 TIMEOUT = 600.0
 
 
@@ -195,7 +197,7 @@ class Export:
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
-            chunk = self._response.read(CHUNK)
+            chunk = self._response.read(EXPORT_CHUNK)
             if not chunk:
                 break
             yield chunk
