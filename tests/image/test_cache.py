@@ -124,3 +124,31 @@ def test_cache_image_precaches_once(conf, session, sim, context, glance, sr_ref)
     assert source.cache_image(context, image_id) is True
     assert source.cache_image(context, image_id) is False
     assert len(cache_entries(sim, image_id)) == 1
+
+
+def test_concurrent_first_boots_download_once(conf, session, sim, context, glance, sr_ref, sr_dir):
+    import threading
+
+    conf.set_override("image_handler", "vdi_remote_stream", group="xenserver")
+    conf.set_override("cache_images", "all", group="xenserver")
+    data = raw_disk()
+    image_id = glance.add(data, "raw", "bare")
+    source = XenAPIImageSource(session)
+    results, errors = [], []
+
+    def boot() -> None:
+        try:
+            results.append(source.root_vdi(context, make_instance(), _meta(image_id), sr_ref))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=boot) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(set(results)) == 4
+    assert sum(1 for m, p in glance.requests if m == "GET" and p.endswith(f"{image_id}/file")) == 1
+    assert len(cache_entries(sim, image_id)) == 1
+    for vdi in results:
+        assert vdi_bytes(sr_dir, sim.pool.db.get("VDI", vdi)["uuid"], len(data)) == data

@@ -66,13 +66,20 @@ class TaskStates:
         self.calls.append((task_state, expected_state))
 
 
-@pytest.mark.parametrize("handler", HANDLERS)
+@pytest.mark.parametrize(
+    ("handler", "cache", "power"),
+    [(h, "none", "on") for h in HANDLERS]
+    + [("direct_vhd", "all", "off"), ("vdi_remote_stream", "all", "on")],
+)
 def test_snapshot_uploads_the_disk_as_it_was(
-    handler, conf, driver, sim, context, glance, sr_ref, sr_dir, tmp_path
+    handler, cache, power, conf, driver, sim, context, glance, sr_ref, sr_dir, tmp_path
 ):  # fmt: skip
     conf.set_override("image_handler", handler, group="xenserver")
+    conf.set_override("cache_images", cache, group="xenserver")
     paths, _ = make_chain(tmp_path / "chain", depth=2)
     instance = boot(driver, context, glance.add(chain_tgz(paths), "vhd", "ovf"))
+    if power == "off":
+        driver.power_off(instance)  # a stopped instance is snapshotted too
     root = root_of(sim, instance)
     # The guest writes to its disk (into the leaf, as tapdisk would).
     with vhd.open_chain(str(sr_dir / f"{root['uuid']}.vhd")) as chain:
