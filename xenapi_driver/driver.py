@@ -29,8 +29,8 @@ from oslo_log import log as logging
 
 from nova import objects
 from nova.virt import driver
+from xenapi_driver import agent, console, events, hostops, vmops, volumeops
 from xenapi_driver import conf as _conf  # noqa: F401  (registers the [xenserver] options)
-from xenapi_driver import events, hostops, vmops
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class XenAPIDriver(driver.ComputeDriver):
         driver.ComputeDriver.capabilities,
         # VIF.create + VIF.plug on a running VM (VMOps.attach_interface).
         supports_attach_interface=True,
+        # Cinder volume growth reaches a running guest (VolumeOps.extend_volume).
+        supports_extend_volume=True,
     )
 
     #: Seconds each ``event.from`` long-poll may block (bounds how long a
@@ -62,6 +64,9 @@ class XenAPIDriver(driver.ComputeDriver):
         self._session = None
         self._vmops = None
         self._hostops = None
+        self._volumeops = None
+        self._agentops = None
+        self._consoleops = None
         self._watcher = None
 
     # -- connection ---------------------------------------------------------
@@ -75,7 +80,11 @@ class XenAPIDriver(driver.ComputeDriver):
         session = XenAPISession.from_conf()
         self._session = session
         self._hostops = hostops.HostOps(session)
-        self._vmops = vmops.VMOps(session, self.virtapi, hostops=self._hostops)
+        self._volumeops = volumeops.VolumeOps(session)
+        self._vmops = vmops.VMOps(session, self.virtapi, hostops=self._hostops, volumeops=self._volumeops)
+        self._volumeops.lookup = self._vmops.lookup
+        self._agentops = agent.AgentOps(session, lookup=self._vmops.lookup)
+        self._consoleops = console.ConsoleOps(session, lookup=self._vmops.lookup)
 
     @property
     def vmops(self) -> vmops.VMOps:
@@ -101,11 +110,14 @@ class XenAPIDriver(driver.ComputeDriver):
             self._watcher.start()
 
     def cleanup_host(self, host):
+        consoleops, self._consoleops = self._consoleops, None
+        if consoleops is not None:
+            consoleops.close()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop(timeout=0)  # ends when its poll returns; the session closes below
         session, self._session = self._session, None
-        self._vmops = self._hostops = None
+        self._vmops = self._hostops = self._volumeops = self._agentops = None
         if session is not None:
             session.close()
 
@@ -135,6 +147,11 @@ class XenAPIDriver(driver.ComputeDriver):
             block_device_info=block_device_info,
             power_on=power_on,
         )
+        if power_on:
+            # Password, injected files and network reach the guest through its agent, if any.
+            self._required(self._agentops).configure_new_instance(
+                instance, image_meta, injected_files, admin_password
+            )
 
     def destroy(
         self,
@@ -261,6 +278,44 @@ class XenAPIDriver(driver.ComputeDriver):
 
     def get_instance_diagnostics(self, instance):
         return self.vmops.get_instance_diagnostics(instance)
+
+    # -- volumes, guest agent and consoles ----------------------------------
+
+    def get_volume_connector(self, instance):
+        return self._required(self._volumeops).get_volume_connector(instance)
+
+    def attach_volume(
+        self, context, connection_info, instance, mountpoint, disk_bus=None, device_type=None, encryption=None
+    ):
+        self._required(self._volumeops).attach_volume(
+            connection_info, instance, mountpoint, encryption=encryption
+        )
+
+    def detach_volume(self, context, connection_info, instance, mountpoint, encryption=None):
+        self._required(self._volumeops).detach_volume(connection_info, instance, mountpoint)
+
+    def swap_volume(self, context, old_connection_info, new_connection_info, instance, mountpoint, resize_to):
+        self._required(self._volumeops).swap_volume(
+            old_connection_info, new_connection_info, instance, mountpoint, resize_to
+        )
+
+    def extend_volume(self, context, connection_info, instance, requested_size):
+        self._required(self._volumeops).extend_volume(connection_info, instance, requested_size)
+
+    def set_admin_password(self, instance, new_pass):
+        self._required(self._agentops).set_admin_password(instance, new_pass)
+
+    def get_console_output(self, context, instance):
+        return self._required(self._consoleops).get_console_output(instance)
+
+    def get_vnc_console(self, context, instance):
+        return self._required(self._consoleops).get_vnc_console(instance)
+
+    @staticmethod
+    def _required(ops):
+        if ops is None:
+            raise DriverNotInitialized("XenAPIDriver.init_host() has not run yet: no XAPI session")
+        return ops
 
     # -- host and resources (HostOps) --------------------------------------
 

@@ -117,11 +117,17 @@ class VMOps:
     """Maps Nova instances to XAPI VMs and drives their lifecycle."""
 
     def __init__(
-        self, session: Any, virtapi: Any, hostops: Any = None, image_source: ImageSource | None = None
+        self,
+        session: Any,
+        virtapi: Any,
+        hostops: Any = None,
+        image_source: ImageSource | None = None,
+        volumeops: Any = None,
     ) -> None:
         self._session = session
         self._virtapi = virtapi
         self._hostops = hostops
+        self.volumeops = volumeops
         self.image_source: ImageSource = image_source or NoImageSource()
         # instance UUID -> VM ref; see lookup().
         self._refs: dict[str, str] = {}
@@ -392,14 +398,11 @@ class VMOps:
         block_device_info: Any = None,
         power_on: bool = True,
     ) -> None:
-        if driver.block_device_info_get_mapping(block_device_info):
-            # Refused rather than booting without the volumes (or from the image instead).
-            root = driver.block_device_info_get_root_device(block_device_info)
-            mapped = [
-                bdm.get("mount_device") for bdm in driver.block_device_info_get_mapping(block_device_info)
-            ]
-            what = "boot from a volume" if root and root in mapped else "attach volumes at boot"
-            raise NotImplementedError(f"XenAPIDriver cannot {what} yet (volumes: next issue)")
+        volumes = driver.block_device_info_get_mapping(block_device_info)
+        if volumes and self.volumeops is None:
+            raise NotImplementedError("XenAPIDriver was built without volume support")
+        # A root volume replaces the image disk (boot from volume).
+        boot_from_volume = bool(volumes) and self.volumeops.has_root_volume(block_device_info)
         if self.lookup(instance) is not None:
             raise nova_exception.InstanceExists(name=instance.name)
         flavor = _flavor(instance)
@@ -407,13 +410,15 @@ class VMOps:
         try:
             sr_ref = self._sr_ref()
             networks = self._networks_by_bridge(network_info)
-            root = self.image_source.root_vdi(context, instance, image_meta, sr_ref)
-            undo.add(f"root disk {root}", lambda: self._session.call_xenapi("VDI.destroy", root))
-            self._session.call_xenapi("VDI.add_to_other_config", root, DISK_ROLE_KEY, "root")
-            if flavor["root_gb"]:
-                wanted = flavor["root_gb"] * GiB
-                if int(self._session.call_xenapi("VDI.get_virtual_size", root)) < wanted:
-                    self._session.call_xenapi("VDI.resize", root, str(wanted))
+            root = None
+            if not boot_from_volume:
+                root = self.image_source.root_vdi(context, instance, image_meta, sr_ref)
+                undo.add(f"root disk {root}", lambda: self._session.call_xenapi("VDI.destroy", root))
+                self._session.call_xenapi("VDI.add_to_other_config", root, DISK_ROLE_KEY, "root")
+                if flavor["root_gb"]:
+                    wanted = flavor["root_gb"] * GiB
+                    if int(self._session.call_xenapi("VDI.get_virtual_size", root)) < wanted:
+                        self._session.call_xenapi("VDI.resize", root, str(wanted))
 
             xenstore = self._xenstore_data(instance, network_info)
             record = self._vm_record(instance, image_meta, flavor, xenstore, sr_ref)
@@ -421,13 +426,16 @@ class VMOps:
             undo.add(f"VM {vm_ref}", lambda: self._destroy_vm(vm_ref))
             self._refs[instance.uuid] = vm_ref
 
-            self._create_vbd(vm_ref, root, DEVICE_ROOT, bootable=True)
+            if root is not None:
+                self._create_vbd(vm_ref, root, DEVICE_ROOT, bootable=True)
             if flavor["swap_mb"]:
                 swap = self._create_vdi(sr_ref, instance, "swap", flavor["swap_mb"] * MiB, undo)
                 self._create_vbd(vm_ref, swap, DEVICE_SWAP, bootable=False)
             if flavor["ephemeral_gb"]:
                 eph = self._create_vdi(sr_ref, instance, "ephemeral", flavor["ephemeral_gb"] * GiB, undo)
                 self._create_vbd(vm_ref, eph, DEVICE_EPHEMERAL, bootable=False)
+            if volumes:  # undone by _destroy_vm's detach_all
+                self.volumeops.attach_block_devices(vm_ref, block_device_info)
             for device, vif in enumerate(network_info or []):
                 self._create_vif(vm_ref, vif, device, networks[self._bridge_for(vif)])
 
@@ -487,6 +495,9 @@ class VMOps:
         if record is None:
             return
         self._hard_shutdown_if_needed(vm_ref, record["power_state"])
+        if self.volumeops is not None:
+            # Volumes go back to Cinder intact; their SRs are forgotten when unused.
+            self.volumeops.detach_all(vm_ref)
         vdis = []
         if destroy_disks and record.get("VBDs"):
             expr = f'field "VM" = "{vm_utils.quote(vm_ref)}"'

@@ -84,7 +84,7 @@ class XenAPIDriverInterfaceTestCase(test.NoDBTestCase):
 
     def test_capabilities_claim_only_what_is_implemented(self):
         claimed = sorted(name for name, on in XenAPIDriver.capabilities.items() if on)
-        self.assertEqual(["supports_attach_interface"], claimed)
+        self.assertEqual(["supports_attach_interface", "supports_extend_volume"], claimed)
 
     def test_nova_loads_driver_by_name_without_connecting(self):
         self.flags(compute_driver="xenapi.XenAPIDriver")
