@@ -1,8 +1,7 @@
-"""The delegation lines proposed for driver.py, proven on a subclass of XenAPIDriver.
+"""Volumes, the guest agent and consoles through ``XenAPIDriver`` itself.
 
-``WiredDriver`` (tests/volumes/wired_driver.py) adds exactly the methods the
-lead is asked to put in ``XenAPIDriver``; this test checks they have Nova
-34's exact signatures and work through the driver on the simulator.
+Checks the driver's delegating methods have Nova 34's exact signatures and
+work through the driver on the simulator.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import pytest
 from nova.virt import driver as nova_driver
 from nova.virt import fake
 from tests.volumes.guest_helpers import MiB, Target, make_instance, make_vm
-from tests.volumes.wired_driver import WiredDriver
 from xenapi_driver import volume_utils as vu
+from xenapi_driver.driver import XenAPIDriver
 from xenapi_driver.simulator.handlers import xenstore
 
 CONF = nova.conf.CONF
@@ -37,7 +36,7 @@ WIRED = [
 
 @pytest.mark.parametrize("name", WIRED)
 def test_signatures_are_novas(name):
-    assert inspect.signature(getattr(WiredDriver, name)) == inspect.signature(
+    assert inspect.signature(getattr(XenAPIDriver, name)) == inspect.signature(
         getattr(nova_driver.ComputeDriver, name)
     )
 
@@ -52,7 +51,7 @@ def driver(sim, managed_host):
     }
     for name, value in overrides.items():
         CONF.set_override(name, value, group="xenserver")
-    drv = WiredDriver(fake.FakeVirtAPI())
+    drv = XenAPIDriver(fake.FakeVirtAPI())
     drv.init_host("compute-1")
     try:
         yield drv

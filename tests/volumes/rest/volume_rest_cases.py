@@ -3,10 +3,7 @@
 Run under stdlib unittest in a child interpreter (tests/volumes/test_volumes_rest.py), like
 tests/nova's groups: Nova's functional harness (API, conductor, scheduler, one
 nova-compute) with its Cinder fixture answering ``connection_info`` for
-simulated iSCSI targets. The compute loads ``xenapi.XenAPIDriver`` by name;
-until driver.py and vmops.py carry the proposed changes, the test swaps in
-``WiredDriver`` (tests/volumes/wired_driver.py: XenAPIDriver plus exactly
-those changes).
+simulated iSCSI targets. The compute loads ``xenapi.XenAPIDriver`` by name.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from xenapi_nova_tests.simulator_fixture import (
     start_simulator,
 )
 
-from tests.volumes.wired_driver import WiredDriver
 from xenapi_driver import volume_utils as vu
 from xenapi_driver.simulator import sr_backend
 from xenapi_driver.simulator.handlers import xenstore
@@ -66,7 +62,6 @@ class VolumeAgentConsoleRestTest(integrated_helpers._IntegratedTestBase):
         self.useFixture(XenServerConfFixture(self, self.simulator))
         self.flags(compute_driver="xenapi.XenAPIDriver")
         self.flags(use_agent_default=True, group="xenserver")
-        self.useFixture(fixtures.MonkeyPatch("nova.virt.xenapi.XenAPIDriver", WiredDriver))
         # Cinder: each volume is LUN 0 of its own simulated target.
         self.iqns = {}
         infos = dict(self.cinder.VOLUME_CONNECTION_INFO)
