@@ -246,10 +246,8 @@ class MigrateOps:
     def _check(self, instance: Any, flavor: Any, disks: list[dict[str, Any]], block_device_info: Any) -> None:
         old = _flavor_sizes(instance.flavor)
         new = _flavor_sizes(flavor)
-        boot_from_volume = not any(d["role"] == "root" for d in disks) or bool(
-            virt_driver.block_device_info_get_root_device(block_device_info)
-            and virt_driver.block_device_info_get_mapping(block_device_info)
-        )
+        # A root volume is no Nova disk (no nova_disk role): nothing to size or send.
+        boot_from_volume = not any(d["role"] == "root" for d in disks)
         if new["ephemeral_gb"] < old["ephemeral_gb"]:
             raise _refuse(
                 f"cannot shrink the ephemeral disk from {old['ephemeral_gb']} GiB to "
