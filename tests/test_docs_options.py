@@ -9,6 +9,7 @@ does) and looks for each option in it.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -57,3 +58,94 @@ def test_option_is_in_the_generated_reference(reference: str, opt: cfg.Opt) -> N
     assert entry, f"[xenserver] {opt.name} is missing from the generated configuration reference"
     first_words = " ".join((opt.help or "").split())[:30]
     assert first_words.split()[0] in entry.group(1), f"{opt.name}'s help is not shown in the reference"
+
+
+# -- troubleshooting: every configuration error the session raises ------------------------------
+
+#: Exceptions that mean "the configuration or the host's set-up is wrong" (xenapi_driver.exception).
+CONFIG_ERRORS = {
+    "ConfigurationError",
+    "XenAPILoginError",
+    "XenAPIUnreachableError",
+    "XenAPIPluginVersionError",
+}
+#: Functions whose XenAPIError also means a wrong configuration (connection_url names no pool host).
+CONFIG_FUNCTIONS = {"_find_managed_host"}
+
+
+def _strings(node: ast.AST) -> list[str]:
+    """The literal text of a message argument (f-string pieces split at each placeholder)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.IfExp):
+        return _strings(node.body) + _strings(node.orelse)
+    if isinstance(node, ast.JoinedStr):
+        pieces, current = [], ""
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                current += str(value.value)
+            else:
+                pieces.append(current)
+                current = ""
+        return [*pieces, current]
+    if isinstance(node, ast.BinOp):
+        return _strings(node.left) + _strings(node.right)
+    return []
+
+
+def _config_raises() -> list[tuple[int, str, list[str], list[str]]]:
+    """(line, exception, codes, message pieces) of each configuration error raised in session.py."""
+    tree = ast.parse((ROOT / "xenapi_driver" / "session.py").read_text(encoding="utf-8"))
+    found = []
+    for func in ast.walk(tree):
+        if not isinstance(func, ast.FunctionDef):
+            continue
+        for node in ast.walk(func):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            callee = node.exc.func
+            name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", "")
+            if name not in CONFIG_ERRORS and not (name == "XenAPIError" and func.name in CONFIG_FUNCTIONS):
+                continue
+            codes, pieces = [], []
+            if node.exc.args:
+                first = _strings(node.exc.args[0])
+                if name == "ConfigurationError":
+                    pieces += first
+                else:
+                    codes += [c for c in first if re.fullmatch(r"[A-Z_]+", c)]
+            for kw in node.exc.keywords:
+                if kw.arg == "message":
+                    pieces += _strings(kw.value)
+            found.append((node.lineno, name, codes, pieces))
+    return sorted(set((ln, n, tuple(c), tuple(p)) for ln, n, c, p in found))  # type: ignore[arg-type]
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.replace("``", "").split())
+
+
+TROUBLESHOOTING = _plain((ROOT / "doc" / "source" / "troubleshooting.rst").read_text(encoding="utf-8"))
+CONFIG_RAISES = _config_raises()
+
+
+def test_session_raises_configuration_errors() -> None:
+    assert len(CONFIG_RAISES) >= 10, CONFIG_RAISES
+
+
+@pytest.mark.parametrize("raised", CONFIG_RAISES, ids=[f"session.py:{r[0]}" for r in CONFIG_RAISES])
+def test_troubleshooting_explains_configuration_error(raised: tuple) -> None:
+    line, name, codes, pieces = raised
+    for code in codes:
+        assert code in TROUBLESHOOTING, f"session.py:{line} raises {name} {code}, not in troubleshooting.rst"
+    words = [_plain(p) for p in pieces if len(_plain(p)) >= 20]
+    if not words:
+        return
+    # The message's first two literal parts (the problem, then the detail or the fix), up to 30
+    # characters each, are quoted on the page, so searching it for the logged text finds the entry.
+    for word in words[:2]:
+        quoted = word.lstrip(").:;, ")[:30].rstrip()
+        assert quoted in TROUBLESHOOTING, (
+            f"session.py:{line} raises {name} with a message containing {quoted!r}, which "
+            "doc/source/troubleshooting.rst does not quote"
+        )
