@@ -34,6 +34,7 @@ MODULES = [
     "pool_ops",
     "http_disk",
     "xenstore",
+    "xva",
     "setters",  # last: plain setters only where no module above has a handler
 ]
 
