@@ -221,3 +221,21 @@ def test_host_maintenance_mode_empties_a_pool_member(pool_sim):
         assert member.session.call_xenapi("host.get_enabled", member.session.host_ref) is True
     finally:
         member.close()
+
+
+def test_abort_cancels_the_running_migration_task(pool_sim):
+    """live_migration_abort cancels the XAPI task live_migration is waiting for.
+
+    A real pending XAPI task stands in for the VM.pool_migrate task: the
+    simulator finishes a real migration too fast to cancel it deterministically.
+    """
+    sim = pool_sim
+    src = Side(sim, sim.pools[0].hosts[1])
+    try:
+        instance = make_instance()
+        task = src.session.call_xenapi("task.create", "VM.pool_migrate", "a running live migration")
+        src.ops._tasks[instance.uuid] = task  # as LiveMigrationOps._run records it
+        src.ops.live_migration_abort(instance)
+        assert src.session.call_xenapi("task.get_status", task) in ("cancelling", "cancelled")
+    finally:
+        src.close()
