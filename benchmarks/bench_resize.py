@@ -17,8 +17,9 @@ destination dom0's loopback OpenSSH):
 3. bytes sent after power-off / leaf data: rsync's literal bytes of the leaf
    copies against the guest's writes since the snapshot. Goal: under 1.05.
 
-Usage: ``python benchmarks/bench_resize.py [--small] [--json]``
-(``--small``: 256 MiB vs 32 MiB bases, 16 MiB leaf; default 1 GiB vs 128 MiB, 64 MiB leaf).
+Usage: ``python benchmarks/bench_resize.py [--small] [--json] [--repeat N]``
+(``--small``: 256 MiB vs 32 MiB bases, 16 MiB leaf; default 1 GiB vs 128 MiB, 64 MiB leaf;
+``--repeat N`` runs each size N times, alternating, and reports medians).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -130,6 +132,15 @@ def _chain_uuids(src: Compute, info: dict, inst: Any) -> set[str]:
     return uuids
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-field median of several runs (files: the first run's)."""
+    merged: dict[str, Any] = {"files": runs[0]["files"]}
+    for key in runs[0]:
+        if key != "files":
+            merged[key] = statistics.median(r[key] for r in runs)
+    return merged
+
+
 def plain_rsync(src: Compute, dst: Compute, files: list[str]) -> float:
     """One plain rsync of the same files over the same SSH trust (the baseline)."""
     config = src.host.sandbox.ssh_dir / "config"
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="256/32 MiB bases, 16 MiB leaf (quick)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each size (medians are reported)")
     args = parser.parse_args(argv)
     big, small, leaf = (256, 32, 16) if args.small else (1024, 128, 64)
 
@@ -165,11 +177,19 @@ def main(argv: list[str] | None = None) -> int:
             CONF.set_override(name, value, group="xenserver")
         src, dst = Compute(sim, sim.pools[0], src_host), Compute(sim, sim.pools[1], dst_host)
         try:
-            big_run, big_inst = run_once(src, dst, big, leaf)
-            plain = plain_rsync(src, dst, big_run["files"])
-            src.migrateops.confirm_migration(None, None, big_inst, [])
-            dst.vmops.destroy(big_inst, [])
-            small_run, _ = run_once(src, dst, small, leaf)
+            runs: dict[int, list[dict[str, Any]]] = {big: [], small: []}
+            plains = []
+            # Alternate big and small so that machine load affects both alike; medians.
+            for _ in range(args.repeat):
+                for base in (big, small):
+                    run, inst = run_once(src, dst, base, leaf)
+                    if base == big:
+                        plains.append(plain_rsync(src, dst, run["files"]))
+                    runs[base].append(run)
+                    src.migrateops.confirm_migration(None, None, inst, [])
+                    dst.vmops.destroy(inst, [])
+            big_run, small_run = _median(runs[big]), _median(runs[small])
+            plain = statistics.median(plains)
         finally:
             src.close()
             dst.close()
