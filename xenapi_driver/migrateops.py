@@ -132,7 +132,7 @@ class MigrateOps:
         self._vmops = vmops
         #: VolumeOps (Cinder volumes): detached from the source at power-off, attached to the
         #: destination VM by finish_migration, re-attached to the original on revert.
-        self._volumeops = volumeops
+        self._volumeops = volumeops if volumeops is not None else getattr(vmops, "volumeops", None)
         self._dest_session_factory = dest_session_factory or self._open_dest_session
         #: Test hook: called with each step name just before the step runs.
         self.step_hook: Callable[[str], None] | None = None

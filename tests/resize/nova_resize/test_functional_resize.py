@@ -35,7 +35,7 @@ def wire_resize(driver: Any) -> None:
 
     if type(driver).migrate_disk_and_power_off is not nova_driver.ComputeDriver.migrate_disk_and_power_off:
         return  # driver.py delegates already
-    ops = migrateops.MigrateOps(driver._session, driver.vmops, volumeops=getattr(driver, "_volumeops", None))
+    ops = migrateops.MigrateOps(driver._session, driver.vmops)
 
     def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
                                    block_device_info=None, timeout=0, retry_interval=0):  # fmt: skip
