@@ -360,3 +360,24 @@ def test_storage_xenmotion_rebuilds_snapshot_chains(world, sessions):
     y.VDI.destroy(y.VDI.clone(d1, {}))
     for gone in (vm, s1, s2):
         assert fails(x.VM.get_record, gone)[0] == "HANDLE_INVALID"
+
+
+def test_storage_xenmotion_within_a_pool_keeps_the_chain(world, sessions):
+    x = sessions[0].xenapi
+    pool = world.pools[0]
+    h0, h1 = pool.hosts
+    vm = make_vm(x, "sxm-local-chain")
+    disk = add_disk(x, vm, h0.local_sr, size=4 * MiB)
+    a, b = os.urandom(2 * MiB), os.urandom(2 * MiB)
+    raw(pool.url, sessions[0]._session, "PUT", disk, a)
+    snap = x.VM.snapshot(vm, "local-one")
+    raw(pool.url, sessions[0]._session, "PUT", disk, a + b)
+    dest = x.host.migrate_receive(h1.ref, x.network.get_all()[0], {})
+    assert x.VM.migrate_send(vm, dest, False, {disk: h1.local_sr}, {}, {}) == vm
+    moved = x.VBD.get_VDI(x.VM.get_VBDs(vm)[0])
+    snap_disk = x.VBD.get_VDI(x.VM.get_VBDs(snap)[0])
+    assert {x.VDI.get_SR(moved), x.VDI.get_SR(snap_disk)} == {h1.local_sr}
+    assert x.VDI.get_snapshot_of(snap_disk) == moved
+    assert raw(pool.url, sessions[0]._session, "GET", snap_disk)[: 4 * MiB] == a + bytes(2 * MiB)
+    assert raw(pool.url, sessions[0]._session, "GET", moved)[: 4 * MiB] == a + b
+    assert _parents(x, snap_disk)[0] in _parents(x, moved)
