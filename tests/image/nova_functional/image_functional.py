@@ -104,9 +104,11 @@ class ImageSnapshotRESTTest(integrated_helpers._IntegratedTestBase):
             return chain.read(0, length)
 
     def test_boot_snapshot_boot(self) -> None:
+        import shutil
         import tempfile
 
         work = Path(tempfile.mkdtemp(prefix="image-functional-"))
+        self.addCleanup(shutil.rmtree, work, True)
         paths, expected = make_chain(work, size=8 * MiB, depth=2)
         image_id = self.glance_server.add(chain_tgz(paths), "vhd", "ovf")
         flavor = self.api.get_flavors()[0]
