@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -179,6 +180,47 @@ def test_a_failing_step_is_reported_and_still_cleaned_up(tmp_path: Path) -> None
     assert rows["delete"][0] == "ok", "the server left in ERROR is deleted"
     assert "no VM or disk of it left on either host" in out
     assert "Cleaned up: simulator stopped" in out
+    assert list(scratch.iterdir()) == []
+
+
+def test_ctrl_c_cleans_up_even_when_pressed_again(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of the boot (pressed three times): exit 130, and still nothing left."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "xenapi_driver.demo"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(REPO_ROOT)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As in a terminal: SIGINT raises KeyboardInterrupt (a background job would ignore it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(child.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not any(line.startswith("Through Nova's REST API") for line in lines):
+            assert child.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        for _ in range(3):
+            child.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        returncode = child.wait(timeout=TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+    reader.join(timeout=30)
+    out = "".join(lines)
+    assert returncode == 130, f"exit {returncode}\n{out}\n{child.stderr.read()[-4000:]}"
+    assert "interrupted: cleaning up" in out
+    assert "Cleaned up: simulator stopped, no process or thread left, working directory removed." in out
+    workdir = re.search(r"working directory (\S+)\)", out).group(1)
+    assert _processes_mentioning(workdir) == []
     assert list(scratch.iterdir()) == []
 
 

@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -226,6 +227,8 @@ class NovaCloud:
         self.glance: _DataGlance | None = None
         self.computes: dict[str, Any] = {}
         self.final_log = ""
+        #: Set when the demo is interrupted: waits for the server give up at once.
+        self.stopping = threading.Event()
 
     def start(self) -> None:
         from nova.tests.functional import integrated_helpers
@@ -342,6 +345,8 @@ class NovaCloud:
         deadline = time.monotonic() + timeout
         server: dict[str, Any] = {}
         while time.monotonic() < deadline:
+            if self.stopping.is_set():
+                raise StepError("interrupted")
             server = self.api.get_server(server_id)
             if server.get("status") == "ERROR" and expected.get("status") != "ERROR":
                 raise StepError(f"the server went to ERROR: {fault_message(server)}")
@@ -356,6 +361,8 @@ class NovaCloud:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.stopping.is_set():
+                raise StepError("interrupted")
             try:
                 server = self.api.get_server(server_id)
             except api_client.OpenStackApiNotFoundException:

@@ -18,13 +18,14 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -262,13 +263,13 @@ class Demo:
             raise api_client.OpenStackApiException("createImage returned no image id")
         self.snapshot_id = image_id
         deadline = time.monotonic() + STEP_TIMEOUT
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.cloud.stopping.is_set():
             image = self.cloud.glance.image(image_id) or {}
             if image.get("status") == "active" and image_id in self.cloud.glance.uploaded:
                 break
             time.sleep(0.2)
         else:
-            raise TimeoutError(f"snapshot image {image_id} did not become active")
+            raise TimeoutError(f"snapshot image {image_id} did not become active (or interrupted)")
         self.server = self.cloud.wait_server(sid, STEP_TIMEOUT, **{"OS-EXT-STS:task_state": None})
         return f"image {image_id[:8]} ({report.human_bytes(self.cloud.glance.uploaded[image_id])})"
 
@@ -469,6 +470,19 @@ def wait_threads(timeout: float) -> list[str]:
 # -- main -------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C inside the block (only the main thread may change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def keep_instructions(demo: Demo, workdir: Path) -> str:
     remote = demo.sim.remote
     host = demo.hosts[0]
@@ -516,7 +530,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             demo.start(workdir)
             demo.run()
         except KeyboardInterrupt:
-            demo.say("\ninterrupted: cleaning up")
+            demo.say("\ninterrupted: cleaning up (this takes a few seconds)")
+            if demo.cloud is not None:
+                demo.cloud.stopping.set()  # the running step's waits end now
             status = 130
         except Exception as exc:  # noqa: BLE001 - set-up failures are reported, then cleaned up
             demo.say(f"\nThe demo could not run: {type(exc).__name__}: {exc}")
@@ -532,10 +548,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             demo.say("")
             for note in demo.notes:
                 demo.say("Note: " + note)
-    finally:
+    except KeyboardInterrupt:
+        status = 130
+    # Cleaning up must not be cut short by a second Ctrl-C: a half-stopped Nova
+    # would leave threads that keep the process from exiting.
+    with _sigint_ignored():
         if demo.watcher is not None:
             demo.watcher.stop()
         if demo.cloud is not None:
+            demo.cloud.stopping.set()
             demo.cloud.stop()
             if args.log:
                 Path(args.log).write_text(demo.cloud.log_text(), encoding="utf-8")
@@ -545,10 +566,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         else:
             os.environ["TMPDIR"] = saved_env
 
-    if args.keep and demo.sim is not None and demo.sim.remote is not None and status == 0:
-        demo.say(keep_instructions(demo, workdir))
-        return 1 if demo.failed else 0
+        if args.keep and demo.sim is not None and demo.sim.remote is not None and status == 0:
+            demo.say(keep_instructions(demo, workdir))
+            return 1 if demo.failed else 0
+        return _finish(demo, workdir, status, began)
 
+
+def _finish(demo: Demo, workdir: Path, status: int, began: float) -> int:
+    """Stop the simulator, remove the working directory and prove nothing is left."""
     if demo.sim is not None:
         demo.sim.stop()
     shutil.rmtree(workdir, ignore_errors=True)
