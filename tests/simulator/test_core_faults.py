@@ -8,6 +8,8 @@ import xmlrpc.client
 import pytest
 import XenAPI
 
+from xenapi_driver.simulator.handlers import storage
+
 
 def test_fail_next_then_recover(sim, xapi, failure):
     sim.faults.fail_next("pool.get_all", "INTERNAL_ERROR", "injected")
@@ -81,7 +83,11 @@ def test_reset_restores_initial_state(sim):
     s.xenapi.network.create(rec)
     hosts_before = {h.uuid: h.url for h in sim.pool.hosts}
     old = s._session
+    master = sim.pool.master
+    backend_before = storage.backend_of(sim.pool, master.local_sr)
     sim.reset()
+    # reset hooks dropped the handlers' caches: the SR's backend object is a new one
+    assert storage.backend_of(sim.pool, master.local_sr) is not backend_before
     assert {h.uuid: h.url for h in sim.pool.hosts} == hosts_before
     proxy = xmlrpc.client.ServerProxy(sim.url)
     assert proxy.pool.get_all(old)["ErrorDescription"] == ["SESSION_INVALID", old]
