@@ -31,6 +31,7 @@ from nova import objects
 from nova.virt import driver
 from xenapi_driver import agent, console, events, hostops, vmops, volumeops
 from xenapi_driver import conf as _conf  # noqa: F401  (registers the [xenserver] options)
+from xenapi_driver.image import XenAPIImageSource
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ class XenAPIDriver(driver.ComputeDriver):
         supports_attach_interface=True,
         # Cinder volume growth reaches a running guest (VolumeOps.extend_volume).
         supports_extend_volume=True,
+        # The image layer (xenapi_driver.image): an image cache in the SR, and these formats.
+        has_imagecache=True,
+        supports_image_type_vhd=True,
+        supports_image_type_raw=True,
+        supports_image_type_iso=True,
+        supports_image_type_ami=True,
+        supports_image_type_aki=True,
+        supports_image_type_ari=True,
     )
 
     #: Seconds each ``event.from`` long-poll may block (bounds how long a
@@ -67,6 +76,7 @@ class XenAPIDriver(driver.ComputeDriver):
         self._volumeops = None
         self._agentops = None
         self._consoleops = None
+        self._images = None
         self._watcher = None
 
     # -- connection ---------------------------------------------------------
@@ -81,7 +91,14 @@ class XenAPIDriver(driver.ComputeDriver):
         self._session = session
         self._hostops = hostops.HostOps(session)
         self._volumeops = volumeops.VolumeOps(session)
-        self._vmops = vmops.VMOps(session, self.virtapi, hostops=self._hostops, volumeops=self._volumeops)
+        self._images = XenAPIImageSource(session, sr_finder=self._hostops.instance_sr)
+        self._vmops = vmops.VMOps(
+            session,
+            self.virtapi,
+            hostops=self._hostops,
+            image_source=self._images,
+            volumeops=self._volumeops,
+        )
         self._volumeops.lookup = self._vmops.lookup
         self._agentops = agent.AgentOps(session, lookup=self._vmops.lookup)
         self._consoleops = console.ConsoleOps(session, lookup=self._vmops.lookup)
@@ -117,7 +134,7 @@ class XenAPIDriver(driver.ComputeDriver):
         if watcher is not None:
             watcher.stop(timeout=0)  # ends when its poll returns; the session closes below
         session, self._session = self._session, None
-        self._vmops = self._hostops = self._volumeops = self._agentops = None
+        self._vmops = self._hostops = self._volumeops = self._agentops = self._images = None
         if session is not None:
             session.close()
 
@@ -263,6 +280,17 @@ class XenAPIDriver(driver.ComputeDriver):
 
     def detach_interface(self, context, instance, vif):
         self.vmops.detach_interface(instance, vif)
+
+    # -- images and snapshots (xenapi_driver.image) -------------------------
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        self._required(self._images).snapshot(context, instance, image_id, update_task_state)
+
+    def manage_image_cache(self, context, all_instances):
+        self._required(self._images).manage_image_cache(context, all_instances)
+
+    def cache_image(self, context, image_id):
+        return self._required(self._images).cache_image(context, image_id)
 
     def get_info(self, instance, use_cache=True):
         return self.vmops.get_info(instance)

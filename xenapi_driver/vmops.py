@@ -40,6 +40,7 @@ DEVICE_ROOT = "0"
 DEVICE_RESCUE_ORIGINAL_ROOT = "1"
 DEVICE_SWAP = "2"
 DEVICE_EPHEMERAL = "4"
+DEVICE_CD = "3"
 
 DISK_ROLE_KEY = "nova_disk"  # VDI other_config: root | swap | ephemeral | rescue-root
 
@@ -47,7 +48,13 @@ RUNNING, HALTED, PAUSED, SUSPENDED = "Running", "Halted", "Paused", "Suspended"
 
 
 class ImageSource(Protocol):
-    """Provides an instance's root disk as a VDI on ``sr_ref`` (the image layer)."""
+    """Provides an instance's root disk as a VDI on ``sr_ref`` (the image layer).
+
+    An image source may also offer ``cdrom_vdi`` (ISO images boot from a CD
+    beside a blank root disk) and ``kernel_ramdisk``/``remove_kernel_ramdisk``
+    (AMI images boot a kernel kept in dom0's ``/boot/guest``); VMOps uses
+    them when present.
+    """
 
     def root_vdi(self, context: Any, instance: Any, image_meta: Any, sr_ref: str) -> str: ...
 
@@ -56,10 +63,7 @@ class NoImageSource:
     """Until the image layer lands, spawning from an image is refused, not faked."""
 
     def root_vdi(self, context: Any, instance: Any, image_meta: Any, sr_ref: str) -> str:
-        raise NotImplementedError(
-            "XenAPIDriver cannot yet create a root disk from a Glance image: the image layer "
-            "(next issue) provides it"
-        )
+        raise NotImplementedError("XenAPIDriver was built without an image layer: it cannot boot images")
 
 
 class _Undo:
@@ -271,7 +275,9 @@ class VMOps:
         undo.add(f"{role} disk {vdi}", lambda: self._session.call_xenapi("VDI.destroy", vdi))
         return vdi
 
-    def _create_vbd(self, vm_ref: str, vdi_ref: str, userdevice: str, bootable: bool) -> str:
+    def _create_vbd(
+        self, vm_ref: str, vdi_ref: str, userdevice: str, bootable: bool, cdrom: bool = False
+    ) -> str:
         # Destroyed with the VM: no separate undo needed.
         return self._session.call_xenapi(
             "VBD.create",
@@ -280,8 +286,8 @@ class VMOps:
                 "VDI": vdi_ref,
                 "userdevice": userdevice,
                 "bootable": bootable,
-                "mode": "RW",
-                "type": "Disk",
+                "mode": "RO" if cdrom else "RW",
+                "type": "CD" if cdrom else "Disk",
                 "empty": False,
                 "other_config": {},
                 "qos_algorithm_type": "",
@@ -410,7 +416,7 @@ class VMOps:
         try:
             sr_ref = self._sr_ref()
             networks = self._networks_by_bridge(network_info)
-            root = None
+            root = cd = kernel = ramdisk = None
             if not boot_from_volume:
                 root = self.image_source.root_vdi(context, instance, image_meta, sr_ref)
                 undo.add(f"root disk {root}", lambda: self._session.call_xenapi("VDI.destroy", root))
@@ -419,15 +425,30 @@ class VMOps:
                     wanted = flavor["root_gb"] * GiB
                     if int(self._session.call_xenapi("VDI.get_virtual_size", root)) < wanted:
                         self._session.call_xenapi("VDI.resize", root, str(wanted))
+                cd, kernel, ramdisk = self._boot_media(context, instance, image_meta, sr_ref, undo)
 
             xenstore = self._xenstore_data(instance, network_info)
             record = self._vm_record(instance, image_meta, flavor, xenstore, sr_ref)
+            if kernel:
+                # AMI images: a PV domain booting the kernel dom0 keeps in /boot/guest.
+                record.update(
+                    PV_kernel=kernel,
+                    PV_ramdisk=ramdisk or "",
+                    PV_bootloader="",
+                    PV_args="root=/dev/xvda ro",
+                    HVM_boot_policy="",
+                    HVM_boot_params={},
+                    domain_type="pv",
+                )
             vm_ref = self._session.call_xenapi("VM.create", record)
             undo.add(f"VM {vm_ref}", lambda: self._destroy_vm(vm_ref))
             self._refs[instance.uuid] = vm_ref
 
             if root is not None:
-                self._create_vbd(vm_ref, root, DEVICE_ROOT, bootable=True)
+                # An ISO image boots from its CD; the blank root disk is for installing onto.
+                self._create_vbd(vm_ref, root, DEVICE_ROOT, bootable=not cd)
+            if cd:
+                self._create_vbd(vm_ref, cd, DEVICE_CD, bootable=True, cdrom=True)
             if flavor["swap_mb"]:
                 swap = self._create_vdi(sr_ref, instance, "swap", flavor["swap_mb"] * MiB, undo)
                 self._create_vbd(vm_ref, swap, DEVICE_SWAP, bootable=False)
@@ -448,6 +469,24 @@ class VMOps:
                 LOG.warning("Spawning instance %s failed; removing what was created", instance.uuid)
             undo.rollback()
             raise
+
+    def _boot_media(
+        self, context: Any, instance: Any, image_meta: Any, sr_ref: str, undo: _Undo
+    ) -> tuple[str | None, str | None, str | None]:
+        """The ISO CD and AMI kernel/ramdisk an image brings, if the image layer offers them."""
+        cd = kernel = ramdisk = None
+        cdrom_vdi = getattr(self.image_source, "cdrom_vdi", None)
+        if cdrom_vdi is not None:
+            cd = cdrom_vdi(context, instance, image_meta, sr_ref)
+            if cd:
+                undo.add(f"CD {cd}", lambda: self._session.call_xenapi("VDI.destroy", cd))
+                self._session.call_xenapi("VDI.add_to_other_config", cd, DISK_ROLE_KEY, "cdrom")
+        kernel_ramdisk = getattr(self.image_source, "kernel_ramdisk", None)
+        if kernel_ramdisk is not None:
+            kernel, ramdisk = kernel_ramdisk(context, instance, image_meta, sr_ref)
+            if kernel or ramdisk:
+                undo.add("kernel/ramdisk", lambda: self.image_source.remove_kernel_ramdisk(kernel, ramdisk))
+        return cd, kernel, ramdisk
 
     def _start(self, vm_ref: str) -> None:
         try:
@@ -503,7 +542,7 @@ class VMOps:
             expr = f'field "VM" = "{vm_utils.quote(vm_ref)}"'
             for vbd in self._session.get_all_records_where("VBD", expr).values():
                 vdi = vbd.get("VDI") or vm_utils.NULL_REF
-                if vbd.get("type") == "Disk" and vdi != vm_utils.NULL_REF and vdi not in keep_vdis:
+                if vbd.get("type") in ("Disk", "CD") and vdi != vm_utils.NULL_REF and vdi not in keep_vdis:
                     vdis.append(vdi)
         try:
             self._session.call_xenapi("VM.destroy", vm_ref)

@@ -36,6 +36,7 @@ class XenServerConfFixture(fixtures.Fixture):
             connection_url=self.host.url,
             connection_username=self.simulator.username,
             connection_password=self.simulator.password,
+            image_handler="vdi_remote_stream",
             group="xenserver",
         )
 

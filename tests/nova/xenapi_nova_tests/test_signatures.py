@@ -84,7 +84,20 @@ class XenAPIDriverInterfaceTestCase(test.NoDBTestCase):
 
     def test_capabilities_claim_only_what_is_implemented(self):
         claimed = sorted(name for name, on in XenAPIDriver.capabilities.items() if on)
-        self.assertEqual(["supports_attach_interface", "supports_extend_volume"], claimed)
+        self.assertEqual(
+            [
+                "has_imagecache",
+                "supports_attach_interface",
+                "supports_extend_volume",
+                "supports_image_type_aki",
+                "supports_image_type_ami",
+                "supports_image_type_ari",
+                "supports_image_type_iso",
+                "supports_image_type_raw",
+                "supports_image_type_vhd",
+            ],
+            claimed,
+        )
 
     def test_nova_loads_driver_by_name_without_connecting(self):
         self.flags(compute_driver="xenapi.XenAPIDriver")

@@ -48,8 +48,6 @@ XAPI_LACKS = {
 # Tests whose driver method belongs to a later issue (images, volumes and
 # consoles next; resize and migration after). Remove an entry as it lands.
 LATER_ISSUES = {
-    "test_snapshot_not_running": "snapshots: images issue",
-    "test_snapshot_running": "snapshots: images issue",
     "test_block_stats": "volumes: next issue",
     "test_get_device_name_for_instance": "volumes: next issue (Nova falls back to its own naming)",
     "test_get_instance_disk_info": "migration issue",

@@ -1,9 +1,4 @@
-"""The image layer wired into XenAPIDriver: ISO boots with a CD, AMI boots with dom0 kernels.
-
-These need the driver.py/vmops.py change proposed with the image layer (VMOps
-attaching ``cdrom_vdi`` as a CD and passing ``kernel_ramdisk`` to the VM); until
-it is applied they are skipped with that reason.
-"""
+"""The image layer wired into XenAPIDriver: ISO boots with a CD, AMI boots with dom0 kernels."""
 
 from __future__ import annotations
 
@@ -15,14 +10,8 @@ from nova.network import model as network_model
 
 from nova import objects
 from nova.virt import fake
-from xenapi_driver import vmops
 from xenapi_driver.driver import XenAPIDriver
 from xenapi_driver.image import XenAPIImageSource
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(vmops, "DEVICE_CD"),
-    reason="driver.py/vmops.py do not wire the image layer's ISO/AMI support yet",
-)
 
 
 @pytest.fixture
