@@ -112,6 +112,14 @@ ERROR_PARAMS: dict[str, list[str]] = {
     "HOST_HAS_RESIDENT_VMS": ["host"],
     "VM_HOST_INCOMPATIBLE_VERSION": ["host", "vm"],
     "CANNOT_CONTACT_HOST": ["host"],
+    "HOST_NOT_DISABLED": [],
+    "HOST_IN_USE": ["host", "type", "ref"],
+    "HOST_IS_LIVE": ["host"],
+    "HOST_POWER_ON_MODE_DISABLED": [],
+    "HOST_DISABLED_UNTIL_REBOOT": ["host"],
+    "CANNOT_EVACUATE_HOST": ["errors"],
+    "IMPORT_ERROR": ["info"],
+    "DUPLICATE_VM": ["vm"],
 }
 
 _MAP_RE = re.compile(r"^\((.*)\) map$")
