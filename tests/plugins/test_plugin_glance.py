@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import re
 import ssl
 import subprocess
 import tarfile
@@ -339,3 +340,31 @@ def test_tls_verification(dom0, tls_glance, tmp_path):
     assert read_leaf(dom0, result["root"]["uuid"]) == content
     result = download(dom0, tls_glance, image_id, verify="false")
     assert read_leaf(dom0, result["root"]["uuid"]) == content
+
+
+def _progress_lines(sandbox, what: str) -> list[int]:
+    log = sandbox.root / "var" / "log" / "xenapi-driver-plugins.log"
+    found = re.findall(rf"{re.escape(what)}: (\d+)% ", log.read_text())
+    return [int(percent) for percent in found]
+
+
+def test_download_and_upload_log_progress_every_ten_percent(hosts, glance, tmp_path):
+    src = hosts.new("127.0.0.1", "src")
+    raw = os.urandom(24 * MiB)  # many reads per tenth, so every tenth is its own line
+    image_id = glance.add_image(raw, "raw", "bare")
+    download(src, glance, image_id)
+    assert _progress_lines(src, f"download of image {image_id}") == list(range(10, 101, 10))
+
+    paths, _ = build_chain(src.sr_path())
+    upload_id = glance.queued_image()
+    call(
+        src,
+        "glance",
+        "upload_vhd",
+        image_id=upload_id,
+        endpoint=glance.endpoint,
+        sr_path=sr_arg(src),
+        token=glance.token,
+        vdi_uuids=json.dumps([p.name[:-4] for p in paths]),
+    )
+    assert _progress_lines(src, f"upload of image {upload_id}") == list(range(10, 101, 10))

@@ -77,6 +77,30 @@ def get_logger(name):
     return _LOG.getChild(name)
 
 
+class Progress(object):
+    """Log a line each time another tenth of ``total`` bytes has moved.
+
+    Long transfers run inside XAPI with nobody watching stdout; a line per
+    10% in dom0's plug-in log is what an operator tails to see one advance.
+    """
+
+    def __init__(self, logger, what, total):
+        self.logger = logger
+        self.what = what
+        self.total = max(0, int(total or 0))
+        self.done = 0
+        self.reported = 0
+
+    def add(self, count):
+        self.done += count
+        if self.total <= 0:
+            return
+        tenth = min(10, self.done * 10 // self.total)
+        if tenth > self.reported:
+            self.reported = tenth
+            self.logger.info("%s: %d%% (%d of %d bytes)", self.what, tenth * 10, self.done, self.total)
+
+
 # ---------------------------------------------------------------- failures
 
 
