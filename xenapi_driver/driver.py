@@ -118,6 +118,9 @@ class XenAPIDriver(driver.ComputeDriver):
     def init_host(self, host):
         if self._session is None:
             self._connect()
+        # Refuse to start (with the install command in the message) when the
+        # managed host's dom0 plug-ins are missing or older than this driver needs.
+        self._session.check_plugin_version()
         self.hostops.init_host(host)
         if self._watcher is None:
             # Power changes made outside Nova reach it as lifecycle events.
