@@ -1,10 +1,13 @@
-"""XenAPIDriver plus exactly the lines issue 9 asks the lead to add to driver.py.
+"""The driver the pool functional test loads: XenAPIDriver plus test-only parts.
 
 Loaded by Nova as ``compute_driver = xenapi_pool_testdriver.PoolTestDriver``
-(this directory is put on ``nova.virt.__path__``). Once driver.py has these
-lines, the functional test can use ``xenapi.XenAPIDriver`` directly; the only
-test-only part is ``compute_vm_uuids`` (in production the compute VM's UUID
-comes from ``[xenserver] compute_vm_uuid`` or ``/sys/hypervisor/uuid``).
+(this directory is put on ``nova.virt.__path__``). While driver.py lacks the
+lines issue 9 proposes for it (init_host/cleanup_host reconciling, maintenance
+mode, the live-migration delegations), ``_ProposedDriverLines`` carries exactly
+those lines; once driver.py has them, only the test-only parts remain: each
+compute's VM UUID (in production ``[xenserver] compute_vm_uuid`` or
+``/sys/hypervisor/uuid``) and per-compute node UUIDs (five computes in one
+process).
 """
 
 import uuid
@@ -22,9 +25,12 @@ def _node_uuid(nodename):
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{nodename}.xenapi-pool-test"))
 
 
-class PoolTestDriver(XenAPIDriver):
-    #: compute service host -> UUID of the VM it "runs in" (set by the test).
-    compute_vm_uuids: dict = {}
+#: Whether driver.py already has the lines below (then only the test-only parts apply).
+DRIVER_HAS_POOL_LINES = "check_can_live_migrate_source" in XenAPIDriver.__dict__
+
+
+class _ProposedDriverLines(XenAPIDriver):
+    """The lines proposed for driver.py, used while driver.py lacks them."""
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only=read_only)
@@ -32,27 +38,12 @@ class PoolTestDriver(XenAPIDriver):
         self._pool_thread = None
         self._migration = None
 
-    # ---- test-only: several computes in one process ---------------------------
-
-    def get_nodenames_by_uuid(self, refresh=False):
-        # Nova caches ONE local node UUID per process (one compute per process in
-        # production); five computes share this process, so each gets its own.
-        nodename = self.get_available_nodes(refresh=refresh)[0]
-        return {_node_uuid(nodename): nodename}
-
-    def get_available_resource(self, nodename):
-        resources = super().get_available_resource(nodename)
-        resources["uuid"] = _node_uuid(nodename)  # else Nova uses its one per-process UUID
-        return resources
-
     # ---- lines for driver.py: init_host / cleanup_host --------------------
 
     def init_host(self, host):
         super().init_host(host)
         if self._pool is None:
-            self._pool = pool.ResourcePool(
-                self._session, host, compute_vm_uuid=self.compute_vm_uuids.get(host)
-            )
+            self._pool = pool.ResourcePool(self._session, host)
             self._migration = live_migration.LiveMigrationOps(self._session, self._hostops)
         try:
             self._pool.reconcile(nova.context.get_admin_context())
@@ -142,3 +133,27 @@ class PoolTestDriver(XenAPIDriver):
         self.migration.rollback_live_migration_at_destination(
             context, instance, network_info, block_device_info, destroy_disks, migrate_data
         )
+
+
+class PoolTestDriver(XenAPIDriver if DRIVER_HAS_POOL_LINES else _ProposedDriverLines):
+    """What the functional test loads: the driver plus test-only parts."""
+
+    #: compute service host -> UUID of the VM it "runs in" (set by the test;
+    #: in production ``[xenserver] compute_vm_uuid`` or ``/sys/hypervisor/uuid``).
+    compute_vm_uuids: dict = {}
+
+    def init_host(self, host):
+        super().init_host(host)
+        self._pool._compute_vm_uuid = self.compute_vm_uuids.get(host)
+
+    # Nova caches ONE local node UUID per process (one compute per process in
+    # production); five computes share this process, so each gets its own.
+
+    def get_nodenames_by_uuid(self, refresh=False):
+        nodename = self.get_available_nodes(refresh=refresh)[0]
+        return {_node_uuid(nodename): nodename}
+
+    def get_available_resource(self, nodename):
+        resources = super().get_available_resource(nodename)
+        resources["uuid"] = _node_uuid(nodename)
+        return resources
