@@ -178,6 +178,17 @@ available in this mode: AMI-style kernel/ramdisk images, the
 resize down, and automatic pool joins. Requires ``check_host = false``.
 """,
     ),
+    cfg.StrOpt(
+        "compute_vm_uuid",
+        help="""
+UUID of the VM this nova-compute runs in, on the host it manages.
+
+Only resource pools need it: the pool master's compute shuts this VM down
+cleanly for the pool join and starts it again afterwards. When unset, the
+driver reads ``/sys/hypervisor/uuid`` inside the compute VM, where Xen shows
+the VM's UUID; set it only where that file is missing.
+""",
+    ),
     cfg.IntOpt(
         "num_vbd_unplug_retries",
         default=10,

@@ -29,7 +29,17 @@ from oslo_log import log as logging
 
 from nova import objects
 from nova.virt import driver
-from xenapi_driver import agent, console, events, hostops, vmops, volumeops
+from xenapi_driver import (
+    agent,
+    console,
+    events,
+    hostops,
+    live_migration,
+    migrateops,
+    pool,
+    vmops,
+    volumeops,
+)
 from xenapi_driver import conf as _conf  # noqa: F401  (registers the [xenserver] options)
 from xenapi_driver.image import XenAPIImageSource
 
@@ -77,6 +87,10 @@ class XenAPIDriver(driver.ComputeDriver):
         self._agentops = None
         self._consoleops = None
         self._images = None
+        self._migrateops = None
+        self._migration = None
+        self._pool = None
+        self._pool_thread = None
         self._watcher = None
 
     # -- connection ---------------------------------------------------------
@@ -100,6 +114,8 @@ class XenAPIDriver(driver.ComputeDriver):
             volumeops=self._volumeops,
         )
         self._volumeops.lookup = self._vmops.lookup
+        self._migrateops = migrateops.MigrateOps(session, self._vmops)
+        self._migration = live_migration.LiveMigrationOps(session, self._hostops)
         self._agentops = agent.AgentOps(session, lookup=self._vmops.lookup)
         self._consoleops = console.ConsoleOps(session, lookup=self._vmops.lookup)
 
@@ -122,6 +138,10 @@ class XenAPIDriver(driver.ComputeDriver):
         # managed host's dom0 plug-ins are missing or older than this driver needs.
         self._session.check_plugin_version()
         self.hostops.init_host(host)
+        # Disks a killed finish_migration imported but never attached (resize
+        # journals themselves are finished by Nova's own init_host recovery).
+        self._migrateops.recover_host()
+        self._start_pool_reconcile(host)
         if self._watcher is None:
             # Power changes made outside Nova reach it as lifecycle events.
             self._watcher = events.PowerStateWatcher(
@@ -129,7 +149,28 @@ class XenAPIDriver(driver.ComputeDriver):
             )
             self._watcher.start()
 
+    def _start_pool_reconcile(self, host: str) -> None:
+        """Converge XAPI to this host's pool aggregates now and then periodically.
+
+        Nova 34 no longer calls drivers when aggregates change, and offers no
+        periodic hook with a context, so a driver-owned thread does it.
+        """
+        if self._pool is None:
+            self._pool = pool.ResourcePool(self._session, host)
+        try:
+            self._pool.reconcile(nova.context.get_admin_context())
+        except Exception:
+            LOG.exception("Reconciling pool aggregates at start-up failed; the periodic run retries")
+        if self._pool_thread is None:
+            self._pool_thread = pool.ReconcileThread(
+                self._pool, nova.context.get_admin_context, pool.RECONCILE_INTERVAL
+            )
+            self._pool_thread.start()
+
     def cleanup_host(self, host):
+        pool_thread, self._pool_thread = self._pool_thread, None
+        if pool_thread is not None:
+            pool_thread.stop()
         consoleops, self._consoleops = self._consoleops, None
         if consoleops is not None:
             consoleops.close()
@@ -138,6 +179,7 @@ class XenAPIDriver(driver.ComputeDriver):
             watcher.stop(timeout=0)  # ends when its poll returns; the session closes below
         session, self._session = self._session, None
         self._vmops = self._hostops = self._volumeops = self._agentops = self._images = None
+        self._migrateops = self._migration = self._pool = None
         if session is not None:
             session.close()
 
@@ -295,6 +337,129 @@ class XenAPIDriver(driver.ComputeDriver):
     def cache_image(self, context, image_id):
         return self._required(self._images).cache_image(context, image_id)
 
+    # -- resize and cold migration (MigrateOps) ------------------------------
+
+    def migrate_disk_and_power_off(
+        self,
+        context,
+        instance,
+        dest,
+        flavor,
+        network_info,
+        block_device_info=None,
+        timeout=0,
+        retry_interval=0,
+    ):
+        return self._required(self._migrateops).migrate_disk_and_power_off(
+            context, instance, dest, flavor, network_info, block_device_info, timeout, retry_interval
+        )
+
+    def finish_migration(
+        self,
+        context,
+        migration,
+        instance,
+        disk_info,
+        network_info,
+        image_meta,
+        resize_instance,
+        allocations,
+        block_device_info=None,
+        power_on=True,
+        share_info=None,
+    ):
+        self._required(self._migrateops).finish_migration(
+            context,
+            migration,
+            instance,
+            disk_info,
+            network_info,
+            image_meta,
+            resize_instance,
+            block_device_info,
+            power_on,
+        )
+
+    def confirm_migration(self, context, migration, instance, network_info):
+        self._required(self._migrateops).confirm_migration(context, migration, instance, network_info)
+
+    def finish_revert_migration(
+        self,
+        context,
+        instance,
+        network_info,
+        migration,
+        block_device_info=None,
+        power_on=True,
+        share_info=None,
+    ):
+        self._required(self._migrateops).finish_revert_migration(
+            context, instance, network_info, migration, block_device_info, power_on
+        )
+
+    # -- live migration (LiveMigrationOps) -----------------------------------
+
+    def check_can_live_migrate_destination(
+        self,
+        context,
+        instance,
+        src_compute_info,
+        dst_compute_info,
+        block_migration=False,
+        disk_over_commit=False,
+    ):
+        return self._required(self._migration).check_can_live_migrate_destination(
+            context, instance, src_compute_info, dst_compute_info, block_migration, disk_over_commit
+        )
+
+    def cleanup_live_migration_destination_check(self, context, dest_check_data):
+        self._required(self._migration).cleanup_live_migration_destination_check(context, dest_check_data)
+
+    def check_can_live_migrate_source(self, context, instance, dest_check_data, block_device_info=None):
+        return self._required(self._migration).check_can_live_migrate_source(
+            context, instance, dest_check_data, block_device_info
+        )
+
+    def pre_live_migration(self, context, instance, block_device_info, network_info, disk_info, migrate_data):
+        return self._required(self._migration).pre_live_migration(
+            context, instance, block_device_info, network_info, disk_info, migrate_data
+        )
+
+    def live_migration(
+        self, context, instance, dest, post_method, recover_method, block_migration=False, migrate_data=None
+    ):
+        self._required(self._migration).live_migration(
+            context, instance, dest, post_method, recover_method, block_migration, migrate_data
+        )
+
+    def live_migration_force_complete(self, instance):
+        self._required(self._migration).live_migration_force_complete(instance)
+
+    def live_migration_abort(self, instance):
+        self._required(self._migration).live_migration_abort(instance)
+
+    def post_live_migration(self, context, instance, block_device_info, migrate_data=None):
+        self._required(self._migration).post_live_migration(
+            context, instance, block_device_info, migrate_data
+        )
+
+    def post_live_migration_at_source(self, context, instance, network_info):
+        self._required(self._migration).post_live_migration_at_source(context, instance, network_info)
+
+    def post_live_migration_at_destination(
+        self, context, instance, network_info, block_migration=False, block_device_info=None
+    ):
+        self._required(self._migration).post_live_migration_at_destination(
+            context, instance, network_info, block_migration, block_device_info
+        )
+
+    def rollback_live_migration_at_destination(
+        self, context, instance, network_info, block_device_info, destroy_disks=True, migrate_data=None
+    ):
+        self._required(self._migration).rollback_live_migration_at_destination(
+            context, instance, network_info, block_device_info, destroy_disks, migrate_data
+        )
+
     def get_info(self, instance, use_cache=True):
         return self.vmops.get_info(instance)
 
@@ -413,4 +578,6 @@ class XenAPIDriver(driver.ComputeDriver):
         return self.hostops.host_power_action(action)
 
     def host_maintenance_mode(self, host, mode):
-        return self.hostops.host_maintenance_mode(host, mode)
+        # Nova live-migrates the instances, so its records and allocations follow the VMs.
+        self._required(self._session)
+        return pool.host_maintenance_mode(nova.context.get_admin_context(), self._session, host, mode)

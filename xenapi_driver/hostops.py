@@ -11,7 +11,6 @@ implemented yet raise ``NotImplementedError``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -20,7 +19,6 @@ from typing import Any
 from nova.objects import fields as obj_fields
 from oslo_utils import versionutils
 
-from nova import exception as nova_exception
 from xenapi_driver import conf as xconf
 from xenapi_driver import vm_utils
 
@@ -298,53 +296,3 @@ class HostOps:
                 )
             raise
         return action
-
-    def host_maintenance_mode(self, host: str, mode: bool) -> str:
-        """Enter maintenance: stop new placements and live-migrate running VMs to other pool members.
-
-        Leaving maintenance re-enables the host. A host alone in its pool has
-        nowhere to evacuate to and refuses clearly.
-        """
-        host_ref = self._session.host_ref
-        if not mode:
-            self._session.call_xenapi("host.enable", host_ref)
-            return "off_maintenance"
-        hosts = self._session.call_xenapi("host.get_all_records")
-        others = {ref: rec for ref, rec in hosts.items() if ref != host_ref and rec.get("enabled")}
-        if not others:
-            raise nova_exception.NoValidHost(
-                reason=f"XenServer host {self._session.host_address} has no other enabled host in its "
-                "pool to evacuate its VMs to"
-            )
-        expr = (
-            'field "is_a_template" = "false" and field "is_control_domain" = "false" and '
-            f'field "resident_on" = "{vm_utils.quote(host_ref)}" and field "power_state" = "Running"'
-        )
-        running = self._session.get_all_records_where("VM", expr)
-        self._session.call_xenapi("host.disable", host_ref)
-        try:
-            free = self._free_memory(others)
-            for vm_ref, vm in running.items():
-                need = int(vm.get("memory_dynamic_max") or vm.get("memory_static_max") or 0)
-                dest = max(free, key=free.get)
-                if free[dest] < need:
-                    raise nova_exception.NoValidHost(
-                        reason=f"no pool member has {need} bytes free for VM {vm.get('name_label')}"
-                    )
-                LOG.info(
-                    "Evacuating %s to %s for maintenance", vm.get("name_label"), others[dest]["name_label"]
-                )
-                self._session.call_async("VM.pool_migrate", vm_ref, dest, {"live": "true"})
-                free[dest] -= need
-        except Exception:
-            with contextlib.suppress(Exception):
-                self._session.call_xenapi("host.enable", host_ref)
-            raise
-        return "on_maintenance"
-
-    def _free_memory(self, hosts: dict[str, dict[str, Any]]) -> dict[str, int]:
-        free = {}
-        for ref, rec in hosts.items():
-            metrics = self._session.get_rec("host_metrics", rec["metrics"]) or {}
-            free[ref] = int(metrics.get("memory_free") or 0)
-        return free

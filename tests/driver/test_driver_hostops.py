@@ -7,10 +7,9 @@ from typing import Any
 import nova.conf
 import os_resource_classes as orc
 import pytest
-from driver_helpers import make_instance, seed_vm, xapi, xapi_calls
+from driver_helpers import make_instance, seed_vm, xapi_calls
 from nova.compute import provider_tree
 
-from nova import exception as nova_exception
 from nova.virt import fake
 from xenapi_driver.driver import DriverNotInitialized, XenAPIDriver
 from xenapi_driver.exception import XenAPIError
@@ -179,29 +178,4 @@ def test_host_reboot_refused_leaves_host_enabled(driver: XenAPIDriver, sim: Any,
     with pytest.raises(XenAPIError) as err:
         driver.host_power_action("reboot")
     assert err.value.code == "HOST_IN_USE"
-    assert sim.pools[0].db.get("host", managed_host.ref)["enabled"] is True
-
-
-def test_maintenance_mode_evacuates_running_vms(driver: XenAPIDriver, sim: Any, managed_host: Any) -> None:
-    master = sim.pools[0].hosts[0]
-    db = sim.pools[0].db
-    session = xapi(sim)
-    refs = [seed_vm(sim, make_instance(), host=managed_host) for _ in range(3)]
-    try:
-        for ref in refs:
-            session.xenapi.VM.start_on(ref, managed_host.ref, False, False)
-    finally:
-        session.xenapi.session.logout()
-    assert driver.host_maintenance_mode(managed_host.name, True) == "on_maintenance"
-    assert db.get("host", managed_host.ref)["enabled"] is False
-    assert {db.get("VM", r)["resident_on"] for r in refs} == {master.ref}
-    assert all(db.get("VM", r)["power_state"] == "Running" for r in refs)
-    assert driver.host_maintenance_mode(managed_host.name, False) == "off_maintenance"
-    assert db.get("host", managed_host.ref)["enabled"] is True
-
-
-def test_maintenance_mode_alone_in_pool_refuses(driver: XenAPIDriver, sim: Any, managed_host: Any) -> None:
-    sim.pools[0].db.update("host", sim.pools[0].hosts[0].ref, enabled=False)
-    with pytest.raises(nova_exception.NoValidHost, match="no other enabled host"):
-        driver.host_maintenance_mode(managed_host.name, True)
     assert sim.pools[0].db.get("host", managed_host.ref)["enabled"] is True

@@ -198,31 +198,6 @@ def test_force_complete_is_not_offered_and_abort_without_a_migration_is_harmless
         src.close()
 
 
-def test_host_maintenance_mode_empties_a_pool_member(pool_sim):
-    """HostOps (the driver's) evacuates a member onto the others with XenMotion."""
-    from xenapi_driver.hostops import HostOps
-
-    sim = pool_sim
-    pool = sim.pools[0]
-    shared = _default_sr(sim, pool)
-    member = Side(sim, pool.hosts[1])
-    try:
-        guests = [make_guest(sim, member.host, make_instance(), shared) for _ in range(2)]
-        digests = [disk_digest(sim, member.host, g["vm_uuid"]) for g in guests]
-        hostops = HostOps(member.session)
-        assert hostops.host_maintenance_mode("compute-1", True) == "on_maintenance"
-        others = {pool.hosts[0].uuid, pool.hosts[2].uuid}
-        for guest, digest in zip(guests, digests, strict=True):
-            state, where = vm_where(sim, pool, guest["vm_uuid"])
-            assert state == "Running" and where in others
-            assert disk_digest(sim, member.host, guest["vm_uuid"]) == digest
-        assert member.session.call_xenapi("host.get_enabled", member.session.host_ref) is False
-        assert hostops.host_maintenance_mode("compute-1", False) == "off_maintenance"
-        assert member.session.call_xenapi("host.get_enabled", member.session.host_ref) is True
-    finally:
-        member.close()
-
-
 def test_abort_cancels_the_running_migration_task(pool_sim):
     """live_migration_abort cancels the XAPI task live_migration is waiting for.
 
