@@ -19,8 +19,8 @@ def driver(conf: Any) -> Any:
     conf.set_override("image_handler", "vdi_remote_stream", group="xenserver")
     drv = XenAPIDriver(fake.FakeVirtAPI())
     drv.init_host("compute-1")
-    if not isinstance(drv.vmops.image_source, XenAPIImageSource):
-        drv.vmops.image_source = XenAPIImageSource(drv._session, sr_finder=drv.hostops.instance_sr)
+    # The driver's own image layer, not one a test put in.
+    assert isinstance(drv.vmops.image_source, XenAPIImageSource)
     try:
         yield drv
     finally:

@@ -8,9 +8,8 @@ image data), Nova talks to the loopback Glance v2 server of
 ``tests/image/glance_api.py`` through its real glanceclient, so image bytes
 really flow: a server boots from a VHD chain image, is snapshotted, and a
 second server booted from the snapshot has the first one's disk bytes.
-
-Until ``driver.py``/``vmops.py`` wire the image layer in, ``_wire_image_layer``
-does it on the running driver exactly as the proposed change would.
+The compute runs ``XenAPIDriver`` itself, with its own image layer
+(:class:`xenapi_driver.image.XenAPIImageSource`).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import time
 import unittest
 from pathlib import Path
-from typing import Any
 
 import xenapi_nova_tests  # noqa: F401  (first: Nova's concurrency mode)
 from glance_api import GlanceAPI
@@ -72,16 +70,6 @@ class ImageSnapshotRESTTest(integrated_helpers._IntegratedTestBase):
         token = token_endpoint.Token(self.glance_server.endpoint, "functional-token")
         self.stub_out("nova.service_auth.get_service_user_token_auth_plugin", lambda context: token)
         super()._setup_services()
-        for compute in self.computes.values():
-            self._wire_image_layer(compute.manager.driver)
-
-    @staticmethod
-    def _wire_image_layer(driver: Any) -> None:
-        from xenapi_driver.image import XenAPIImageSource
-
-        source = XenAPIImageSource(driver._session, sr_finder=driver.hostops.instance_sr)
-        driver.vmops.image_source = source
-        driver.snapshot = source.snapshot
 
     def _root(self, server_id: str) -> tuple[Path, dict]:
         db = self.simulator.pools[0].db

@@ -48,23 +48,11 @@ SIMULATOR_MISSING = (
     "suites need the XAPI simulator (INTERFACES.md section 2)"
 )
 
-# Nova's suites spawn an instance in nearly every test. Until XenAPIDriver
-# can spawn (issue 6), running them on it only reports "spawn not
-# implemented"; what already works is proven by tests/driver/. Flip this when
-# VMOps.spawn lands. OS_XENAPI_NOVA_SUITES=1 runs them anyway (development).
-XENAPI_SPAWN_READY = True
-SPAWN_MISSING = (
-    "XenAPIDriver cannot spawn yet (issue 6): Nova's suites on it are enabled with "
-    "xenapi_nova_tests.XENAPI_SPAWN_READY once VMOps.spawn lands"
-)
-
 
 def xenapi_suite_skip_reason() -> str | None:
-    """Why the XenAPIDriver runs of Nova's suites cannot run yet, or None."""
+    """Why the XenAPIDriver runs of Nova's suites cannot run here (no simulator), or None."""
     if not simulator_available():
         return SIMULATOR_MISSING
-    if not (XENAPI_SPAWN_READY or os.environ.get("OS_XENAPI_NOVA_SUITES") == "1"):
-        return SPAWN_MISSING
     return None
 
 

@@ -7,10 +7,8 @@ After each operation the root disk's bytes are read back through the VHD
 chain, the original VM is checked gone or restored, and placement usage and
 allocations are checked.
 
-Until ``driver.py`` delegates to :class:`xenapi_driver.migrateops.MigrateOps`,
-``wire_resize`` adds exactly the delegation proposed for it (the same lines
-as in the issue-8 report) to each running driver, so these tests prove the
-proposed wiring; once the driver has it, ``wire_resize`` does nothing.
+The computes run ``XenAPIDriver`` itself: its resize and cold-migration
+methods delegate to :class:`xenapi_driver.migrateops.MigrateOps`.
 """
 
 from __future__ import annotations
@@ -26,39 +24,6 @@ from xenapi_nova_tests import API_PASTE_INI, tolerate_newer_dependencies, xenapi
 from xenapi_nova_tests.simulator_fixture import BlankImageSource, XenServerConfFixture, add_network
 
 MiB = 1024**2
-
-
-def wire_resize(driver: Any) -> None:
-    """The proposed driver.py delegation, bound onto a running XenAPIDriver if it lacks it."""
-    from nova.virt import driver as nova_driver
-    from xenapi_driver import migrateops
-
-    if type(driver).migrate_disk_and_power_off is not nova_driver.ComputeDriver.migrate_disk_and_power_off:
-        return  # driver.py delegates already
-    ops = migrateops.MigrateOps(driver._session, driver.vmops)
-
-    def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
-                                   block_device_info=None, timeout=0, retry_interval=0):  # fmt: skip
-        return ops.migrate_disk_and_power_off(
-            context, instance, dest, flavor, network_info, block_device_info, timeout, retry_interval
-        )
-
-    def finish_migration(self, context, migration, instance, disk_info, network_info, image_meta,
-                         resize_instance, allocations, block_device_info=None, power_on=True,
-                         share_info=None):  # fmt: skip
-        ops.finish_migration(context, migration, instance, disk_info, network_info, image_meta,
-                             resize_instance, block_device_info, power_on)  # fmt: skip
-
-    def confirm_migration(self, context, migration, instance, network_info):
-        ops.confirm_migration(context, migration, instance, network_info)
-
-    def finish_revert_migration(self, context, instance, network_info, migration, block_device_info=None,
-                                power_on=True, share_info=None):  # fmt: skip
-        ops.finish_revert_migration(context, instance, network_info, migration, block_device_info, power_on)
-
-    for fn in (migrate_disk_and_power_off, finish_migration, confirm_migration, finish_revert_migration):
-        setattr(driver, fn.__name__, types.MethodType(fn, driver))
-    ops.recover_host()
 
 
 class _Resize:
@@ -114,7 +79,6 @@ class _Resize:
             nodes = driver.get_nodenames_by_uuid()
             driver.get_nodenames_by_uuid = lambda use_cache=True, nodes=nodes: dict(nodes)
             driver.vmops.image_source = BlankImageSource(driver._session)
-            wire_resize(driver)
             self.hosts[f"host{index}"] = (sim.pools[index], driver)
             self.nodes[f"host{index}"] = next(iter(nodes.values()))
         self.small = self._create_flavor(memory_mb=512, vcpu=1, disk=1, ephemeral=0)
