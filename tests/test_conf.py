@@ -43,6 +43,7 @@ EXPECTED_DEFAULTS = {
     "block_device_creation_timeout": 10,
     "max_kernel_ramdisk_size": 16 * 1024 * 1024,
     "migration_transport": "rsync",
+    "compute_vm_uuid": None,
 }
 
 
