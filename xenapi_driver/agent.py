@@ -253,12 +253,7 @@ class AgentOps:
         if self.lookup is not None:
             found = self.lookup(instance)
         else:
-            records = {}
-            for ref in self._session.call_xenapi("VM.get_by_name_label", instance.name):
-                rec = self._session.get_rec("VM", ref)
-                if rec is not None:
-                    records[ref] = rec
-            found = vm_utils.pick_instance_vm(records, instance.uuid)
+            found = vm_utils.find_instance_vm(self._session, instance)
         if found is None:
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
         return found

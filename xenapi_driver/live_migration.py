@@ -139,13 +139,7 @@ class LiveMigrationOps:
         return next(iter(pools.values()))["uuid"]
 
     def _find_vm(self, instance: Any) -> tuple[str, dict[str, Any]]:
-        refs = self._session.call_xenapi("VM.get_by_name_label", instance.name)
-        records = {}
-        for ref in refs:
-            rec = self._session.get_rec("VM", ref)
-            if rec is not None:
-                records[ref] = rec
-        found = vm_utils.pick_instance_vm(records, instance.uuid)
+        found = vm_utils.find_instance_vm(self._session, instance)
         if found is None:
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
         return found

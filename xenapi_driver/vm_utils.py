@@ -91,6 +91,24 @@ def instance_vms_of_host(records: dict[str, dict[str, Any]], host_ref: str) -> d
     }
 
 
+def vms_named(session: Any, name_label: str) -> dict[str, dict[str, Any]]:
+    """Records of the VMs called ``name_label``: one call, plus one per VM of that name.
+
+    A VM that vanishes between the two calls is skipped.
+    """
+    found = {}
+    for ref in session.call_xenapi("VM.get_by_name_label", name_label):
+        record = session.get_rec("VM", ref)
+        if record is not None:
+            found[ref] = record
+    return found
+
+
+def find_instance_vm(session: Any, instance: Any) -> tuple[str, dict[str, Any]] | None:
+    """The instance's own VM: found by its stable name label, proved by its Nova UUID."""
+    return pick_instance_vm(vms_named(session, instance.name), instance.uuid)
+
+
 def pick_instance_vm(
     records: dict[str, dict[str, Any]], instance_uuid: str
 ) -> tuple[str, dict[str, Any]] | None:

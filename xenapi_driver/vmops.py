@@ -147,13 +147,7 @@ class VMOps:
         return mine
 
     def _by_name(self, name_label: str) -> dict[str, dict[str, Any]]:
-        """VMs called ``name_label`` (one call, plus one per VM of that name)."""
-        found = {}
-        for ref in self._session.call_xenapi("VM.get_by_name_label", name_label):
-            record = self._session.get_rec("VM", ref)
-            if record is not None:
-                found[ref] = record
-        return found
+        return vm_utils.vms_named(self._session, name_label)
 
     def lookup(self, instance: Any) -> tuple[str, dict[str, Any]] | None:
         """``(ref, record)`` of the instance's VM, or None.

@@ -87,18 +87,16 @@ class VolumeOps:
     # -- finding things ------------------------------------------------------
 
     def _vm(self, instance: Any) -> tuple[str, dict[str, Any]]:
-        found = self.lookup(instance) if self.lookup is not None else self._find_vm(instance)
+        found = self._locate(instance)
         if found is None:
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
         return found
 
-    def _find_vm(self, instance: Any) -> tuple[str, dict[str, Any]] | None:
-        records = {}
-        for ref in self._session.call_xenapi("VM.get_by_name_label", instance.name):
-            record = self._session.get_rec("VM", ref)
-            if record is not None:
-                records[ref] = record
-        return vm_utils.pick_instance_vm(records, instance.uuid)
+    def _locate(self, instance: Any) -> tuple[str, dict[str, Any]] | None:
+        """The instance's VM through the driver's cached lookup, else by its name label."""
+        if self.lookup is not None:
+            return self.lookup(instance)
+        return vm_utils.find_instance_vm(self._session, instance)
 
     def _find_sr(self, sr_uuid: str) -> str | None:
         try:
@@ -527,7 +525,7 @@ class VolumeOps:
 
     def detach_volume(self, connection_info: dict[str, Any], instance: Any, mountpoint: str | None) -> None:
         """Detach; a volume no longer on the VM (or a VM already gone) is not an error."""
-        found = self.lookup(instance) if self.lookup is not None else self._find_vm(instance)
+        found = self._locate(instance)
         target = vu.parse_connection_info(connection_info)
         if found is None:
             LOG.info("Instance %s has no VM; volume %s is already detached", instance.uuid, target.volume_id)

@@ -36,12 +36,7 @@ LOG = logging.getLogger(__name__)
 
 def find_vm(session: Any, instance: Any) -> str | None:
     """The instance's own VM ref (by its stable name label, proved by its Nova UUID)."""
-    found = {}
-    for ref in session.call_xenapi("VM.get_by_name_label", instance.name):
-        rec = session.get_rec("VM", ref)
-        if rec is not None:
-            found[ref] = rec
-    picked = vm_utils.pick_instance_vm(found, instance.uuid)
+    picked = vm_utils.find_instance_vm(session, instance)
     return picked[0] if picked else None
 
 
