@@ -555,6 +555,21 @@ class XenAPISession:
         finally:
             self._release(conn)
 
+    @contextlib.contextmanager
+    def borrow_session_id(self) -> Iterator[str]:
+        """A logged-in session reference for XAPI's HTTP handlers, held for the block.
+
+        HTTP transfers (``/import_raw_vdi``, ``/export_raw_vdi``, consoles) name
+        a session in their query; holding it from the pool keeps it from being
+        logged out or reused by a concurrent XML-RPC caller meanwhile.
+        """
+        with self._borrow() as conn:
+            yield conn.handle
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings this session uses, for the HTTP connections beside it."""
+        return _ssl_context(self._ca_file, self._insecure)
+
     def close(self) -> None:
         """Log out every pooled session; later calls raise XenAPISessionClosed.
 

@@ -742,15 +742,6 @@ def _open_http(
 
 @contextmanager
 def session_id(session: Any) -> Iterator[str]:
-    """A logged-in XAPI session id for an HTTP handler, held for the block.
-
-    Uses ``session.borrow_session_id()`` when the session offers it, else the
-    session pool's borrow (see the lead's note in doc/source/volumes.rst).
-    """
-    borrow = getattr(session, "borrow_session_id", None)
-    if borrow is not None:
-        with borrow() as sid:
-            yield sid
-        return
-    with session._borrow() as conn:  # noqa: SLF001 - until the session exposes a public borrow
-        yield conn.handle
+    """A logged-in XAPI session id for an HTTP handler, held for the block."""
+    with session.borrow_session_id() as sid:
+        yield sid

@@ -14,7 +14,6 @@ import contextlib
 import http.client
 import logging
 import socket
-import ssl
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -35,11 +34,8 @@ def session_id(session: Any) -> str:
     XAPI sessions may serve concurrent requests; only the XML-RPC connection
     of a pooled session is single-use, and it is returned to the pool at once.
     """
-    getter = getattr(session, "http_session_id", None)
-    if callable(getter):
-        return getter()
-    with session._borrow() as conn:  # the session module has no public accessor yet
-        return conn.handle
+    with session.borrow_session_id() as sid:
+        return sid
 
 
 def host_url_for_sr(session: Any, sr_ref: str) -> str:
@@ -67,10 +63,7 @@ def _quote(value: str) -> str:
 def _connection(url: str, session: Any) -> tuple[http.client.HTTPConnection, str]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "https":
-        context = ssl.create_default_context(cafile=getattr(session, "_ca_file", None))
-        if getattr(session, "_insecure", False):
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context = session.ssl_context()
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             parts.hostname, parts.port, timeout=TIMEOUT, context=context
         )
