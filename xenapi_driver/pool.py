@@ -60,6 +60,8 @@ from typing import Any
 import XenAPI
 
 from xenapi_driver import exception, vm_utils
+from xenapi_driver.readiness import timing as readiness_timing
+from xenapi_driver.readiness.errors import ReadinessTimeout
 
 LOG = logging.getLogger(__name__)
 
@@ -673,9 +675,11 @@ class ResourcePool:
                 self._join_timeout,
             )
             raise _StillJoining()
-        joined = member.host_uuid in self._pool_host_uuids()
+        hosts = self._pool_host_uuids()
+        joined = member.host_uuid in hosts
         self._update(agg, {JOINING_KEY: None, JOIN_TASK_KEY: None})
         if joined:
+            self._wait_until_live(member, hosts[member.host_uuid])
             try:
                 self._ensure_compute_vm_running(member)
             except exception.XenAPIError as exc:
@@ -694,6 +698,35 @@ class ResourcePool:
             f"unchanged{'' if restarted else ' but its compute VM could not be started again'}. Fix "
             "the cause, then set operational_state=created to retry"
         )
+
+    def _wait_until_live(self, member: _Member, host_ref: str) -> None:
+        """A joined host restarts its toolstack: wait, bounded, until the pool sees it live again.
+
+        The same bounded back-off the SSH readiness checks use
+        (:func:`xenapi_driver.readiness.timing.poll_until`), with XAPI's own
+        signal (``host_metrics.live``) instead of a status file.
+        """
+
+        def live() -> bool:
+            try:
+                metrics = self._session.call_xenapi("host.get_metrics", host_ref)
+                return bool(self._session.call_xenapi("host_metrics.get_live", metrics))
+            except exception.XenAPIError:
+                return False  # metrics not there yet while the host re-registers
+
+        try:
+            readiness_timing.poll_until(
+                live,
+                timeout=max(1.0, self._join_timeout),
+                interval=0.2,
+                max_interval=5.0,
+                what=f"host {member.address} live in the pool after joining",
+            )
+        except ReadinessTimeout as exc:
+            raise PoolError(
+                f"host {member.address} of compute {member.compute} joined the pool but has not come back "
+                f"live ({exc}); check the host, then set operational_state=created"
+            ) from None
 
     def _recover_join(self, agg: Any) -> None:
         """A join recorded in the metadata but not followed to its end (compute restarted)."""
