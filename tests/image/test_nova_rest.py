@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_boot_snapshot_boot_through_the_rest_api(tmp_path: Path) -> None:
+def test_image_boots_and_snapshot_through_the_rest_api(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     paths = [
         REPO,
@@ -46,4 +46,4 @@ def test_boot_snapshot_boot_through_the_rest_api(tmp_path: Path) -> None:
         )
     if result["skipped"] and result["tests_run"] == len(result["skipped"]):
         pytest.skip("; ".join(s["reason"] for s in result["skipped"]))
-    assert result["tests_run"] == 1
+    assert result["tests_run"] == 2
