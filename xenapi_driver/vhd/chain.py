@@ -8,6 +8,7 @@ straight into the caller's buffer, so whole blocks cost one system call.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 
@@ -21,7 +22,7 @@ BUFFER_SIZE = fmt.BLOCK_SIZE + mmap.PAGESIZE  # a block plus its bitmap, in whol
 _POOL: list = []
 # Scratch for bytes read only to merge system calls; concurrent use is harmless.
 _TRASH = memoryview(mmap.mmap(-1, fmt.BLOCK_SIZE))
-_MAX_GAP = 256 * 1024
+_MAX_GAP = 16 * 1024  # merging bigger holes copies more than a second system call costs
 _MAX_IOV = 500
 
 
@@ -236,30 +237,45 @@ class Chain:
         return length
 
     def read(self, offset: int, length: int) -> bytes:
-        """Bytes [offset, offset+length) of the virtual disk."""
+        """Bytes [offset, offset+length) of the virtual disk.
+
+        A range held by one layer costs one pread and no copy.  Otherwise the
+        bytes object that is returned is filled in place (through
+        ``io.BytesIO.getbuffer``, which hands out the buffer of the sole
+        reference it holds), so the kernel copies each byte once and Python
+        never copies it again.
+        """
         self._check_range(offset, length)
-        block, lo = divmod(offset, self.block_size)
-        if lo + length <= self.block_size and length:
-            # Fast path: one source for the whole range means one pread, no copy.
+        if not length:
+            return b""
+        bs = self.block_size
+        block, lo = divmod(offset, bs)
+        hi = lo + length
+        if hi <= bs:
             first = lo >> fmt.SECTOR_SHIFT
-            last = (lo + length + fmt.SECTOR_SIZE - 1) >> fmt.SECTOR_SHIFT
+            last = (hi + fmt.SECTOR_SIZE - 1) >> fmt.SECTOR_SHIFT
             want = ((1 << (last - first)) - 1) << first
-            sources = self._block_sources(block, want)
-            layer, take = next(sources)
-            if take == want:
-                if layer is None:
-                    return bytes(length)
-                data = os.pread(layer.fd, length, layer.data_offset(block) + lo)
-                if len(data) == length:
+            for layer in self.layers:
+                take = want & layer.block_bits(block)
+                if not take:
+                    continue
+                if take == want:
+                    data = os.pread(layer.fd, length, layer.data_offset(block) + lo)
+                    if len(data) != length:
+                        raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
                     return data
-        # Assemble in a pooled buffer so the only fresh allocation is the result.
-        scratch = take_buffer(length)
-        try:
-            with memoryview(scratch)[:length] as view:
+                break
+            else:
+                return bytes(length)
+        # A fresh bytes object comes zeroed by calloc, which is cheaper than
+        # reading sparse holes or copying a scratch buffer afterwards.
+        bio = io.BytesIO(bytes(length))
+        with bio.getbuffer() as view:
+            if hi <= bs:
+                self._fill_block(block, lo, hi, view)
+            else:
                 self.readinto(offset, view)
-                return bytes(view)
-        finally:
-            give_buffer(scratch)
+        return bio.getvalue()
 
     # -- writing -----------------------------------------------------------------
     def write(self, offset: int, data) -> None:
