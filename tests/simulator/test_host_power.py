@@ -14,6 +14,7 @@ import xmlrpc.client
 import pytest
 import XenAPI
 
+from tests.simulator.sim_records import fails, vm_record
 from xenapi_driver.simulator import api
 
 MiB = 1024**2
@@ -60,39 +61,23 @@ def answers(host) -> bool:
         return False
 
 
-def details(call, *args):
-    with pytest.raises(XenAPI.Failure) as info:
-        call(*args)
-    return info.value.details
-
-
 def live(x, host_ref) -> bool:
     return x.host_metrics.get_live(x.host.get_metrics(host_ref))
 
 
-def make_vm(x, name, shared=False):
-    vm = x.VM.create(
-        {"name_label": name, "name_description": "", "user_version": "1", "is_a_template": False,
-         "affinity": NULL, "memory_static_max": str(128 * MiB), "memory_dynamic_max": str(128 * MiB),
-         "memory_dynamic_min": str(128 * MiB), "memory_static_min": str(128 * MiB), "VCPUs_params": {},
-         "VCPUs_max": "1", "VCPUs_at_startup": "1", "actions_after_shutdown": "destroy",
-         "actions_after_reboot": "restart", "actions_after_crash": "destroy", "PV_bootloader": "pygrub",
-         "PV_kernel": "", "PV_ramdisk": "", "PV_args": "", "PV_bootloader_args": "", "PV_legacy_args": "",
-         "HVM_boot_policy": "", "HVM_boot_params": {}, "platform": {}, "PCI_bus": "", "other_config": {},
-         "recommendations": "", "xenstore_data": {}}
-    )  # fmt: skip
-    return vm
+def make_vm(x, name):
+    return x.VM.create(vm_record(name))
 
 
 def test_reboot_and_shutdown_need_a_disabled_host(sim, x):
     member = sim.pool.hosts[1].ref
-    assert details(x.host.reboot, member) == ["HOST_NOT_DISABLED"]
-    assert details(x.host.shutdown, member) == ["HOST_NOT_DISABLED"]
+    assert fails(x.host.reboot, member) == ["HOST_NOT_DISABLED"]
+    assert fails(x.host.shutdown, member) == ["HOST_NOT_DISABLED"]
     assert "reboot" not in x.host.get_allowed_operations(member)
     x.host.disable(member)
     try:
         assert {"reboot", "shutdown"} <= set(x.host.get_allowed_operations(member))
-        assert details(x.host.power_on, member) == ["HOST_IS_LIVE", member]
+        assert fails(x.host.power_on, member) == ["HOST_IS_LIVE", member]
     finally:
         x.host.enable(member)
     assert x.host.get_enabled(member)
@@ -104,7 +89,7 @@ def test_running_guest_refuses_reboot_until_evacuated(sim, x):
     x.VM.start_on(vm, member.ref, False, False)
     x.host.disable(member.ref)
     try:
-        assert details(x.host.reboot, member.ref) == ["HOST_IN_USE", member.ref, "vm", vm]
+        assert fails(x.host.reboot, member.ref) == ["HOST_IN_USE", member.ref, "vm", vm]
         # XAPI's evacuation plan: the VM's disks are none, so any enabled host will do
         assert x.host.get_vms_which_prevent_evacuation(member.ref) == {}
         x.host.evacuate(member.ref)
@@ -124,11 +109,11 @@ def test_evacuate_needs_another_enabled_host(sim, x):
         x.host.disable(h)
     try:
         assert x.host.get_vms_which_prevent_evacuation(hosts[2]) == {vm: ["NO_HOSTS_AVAILABLE", vm]}
-        assert details(x.host.assert_can_evacuate, hosts[2]) == [
+        assert fails(x.host.assert_can_evacuate, hosts[2]) == [
             "CANNOT_EVACUATE_HOST",
             f"NO_HOSTS_AVAILABLE,{vm}",
         ]
-        assert details(x.host.evacuate, hosts[2]) == ["NO_HOSTS_AVAILABLE", vm]
+        assert fails(x.host.evacuate, hosts[2]) == ["NO_HOSTS_AVAILABLE", vm]
         assert x.VM.get_resident_on(vm) == hosts[2]
     finally:
         for h in hosts:
@@ -154,7 +139,7 @@ def test_member_reboot_goes_away_and_comes_back(sim, x):
         wait_until(lambda: not answers(member), what="the host to stop answering")
         assert not live(x, member.ref)
         # a call through the master while the member is down
-        assert details(x.host.disable, member.ref) == ["HOST_OFFLINE", member.ref]
+        assert fails(x.host.disable, member.ref) == ["HOST_OFFLINE", member.ref]
         wait_until(lambda: answers(member), what="the host to answer again")
         wait_until(lambda: live(x, member.ref), what="host_metrics.live")
     finally:
@@ -181,7 +166,7 @@ def test_a_second_reboot_while_going_down_is_refused(sim, x):
     sim.world.reboot_downtime = 0.2
     x.host.disable(member.ref)
     x.host.reboot(member.ref)
-    error = details(x.host.reboot, member.ref)
+    error = fails(x.host.reboot, member.ref)
     assert error[0] in ("OTHER_OPERATION_IN_PROGRESS", "HOST_OFFLINE")  # the host may be gone already
     if error[0] == "OTHER_OPERATION_IN_PROGRESS":
         assert error[1:] == ["host", member.ref, "reboot"]
@@ -196,7 +181,7 @@ def test_shutdown_then_power_on(sim, x):
     wait_until(lambda: not live(x, member.ref), what="the host to go down")
     assert not answers(member)
     assert x.host.get_allowed_operations(member.ref) == []
-    assert details(x.host.power_on, member.ref) == ["HOST_POWER_ON_MODE_DISABLED"]
+    assert fails(x.host.power_on, member.ref) == ["HOST_POWER_ON_MODE_DISABLED"]
     x.host.set_power_on_mode(member.ref, "wake-on-lan", {})
     assert x.host.get_allowed_operations(member.ref) == ["power_on"]
     x.host.power_on(member.ref)

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 import XenAPI
 
+from tests.simulator.sim_records import fails, vm_record
 from xenapi_driver.simulator import api
 
 MiB = 1024**2
@@ -35,12 +36,6 @@ def login(url, sim):
     session = XenAPI.Session(url)
     session.xenapi.login_with_password(sim.username, sim.password, "1.0", "lifecycle-walk")
     return session
-
-
-def fails(call, *args):
-    with pytest.raises(XenAPI.Failure) as info:
-        call(*args)
-    return info.value.details
 
 
 class Events:
@@ -75,36 +70,16 @@ def http(url, method, session_ref, body=None, **query):
 
 def new_vm(x, name, memory=256 * MiB):
     return x.VM.create(
-        {
-            "name_label": name,
-            "name_description": "lifecycle walk",
-            "user_version": "1",
-            "is_a_template": False,
-            "affinity": NULL,
-            "memory_static_max": str(memory),
-            "memory_dynamic_max": str(memory),
-            "memory_dynamic_min": str(memory),
-            "memory_static_min": str(memory // 2),
-            "VCPUs_params": {},
-            "VCPUs_max": "2",
-            "VCPUs_at_startup": "2",
-            "actions_after_shutdown": "destroy",
-            "actions_after_reboot": "restart",
-            "actions_after_crash": "restart",
-            "PV_bootloader": "pygrub",
-            "PV_kernel": "",
-            "PV_ramdisk": "",
-            "PV_args": "",
-            "PV_bootloader_args": "",
-            "PV_legacy_args": "",
-            "HVM_boot_policy": "",
-            "HVM_boot_params": {},
-            "platform": {},
-            "PCI_bus": "",
-            "other_config": {},
-            "recommendations": "",
-            "xenstore_data": {"vm-data/hostname": name},
-        }
+        vm_record(
+            name,
+            memory,
+            name_description="lifecycle walk",
+            memory_static_min=str(memory // 2),
+            VCPUs_max="2",
+            VCPUs_at_startup="2",
+            actions_after_crash="restart",
+            xenstore_data={"vm-data/hostname": name},
+        )
     )
 
 

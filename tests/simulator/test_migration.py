@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import pytest
 import XenAPI
 
+from tests.simulator.sim_records import fails, vm_record
 from xenapi_driver.simulator import api
 
 MiB = 1024**2
@@ -39,45 +40,8 @@ def sessions(world):
             s.xenapi.session.logout()
 
 
-def fails(call, *args):
-    with pytest.raises(XenAPI.Failure) as info:
-        call(*args)
-    return info.value.details
-
-
 def make_vm(x, name, memory=256 * MiB):
-    return x.VM.create(
-        {
-            "name_label": name,
-            "name_description": "",
-            "user_version": "1",
-            "is_a_template": False,
-            "affinity": NULL,
-            "memory_static_max": str(memory),
-            "memory_dynamic_max": str(memory),
-            "memory_dynamic_min": str(memory),
-            "memory_static_min": str(memory),
-            "VCPUs_params": {},
-            "VCPUs_max": "1",
-            "VCPUs_at_startup": "1",
-            "actions_after_shutdown": "destroy",
-            "actions_after_reboot": "restart",
-            "actions_after_crash": "destroy",
-            "PV_bootloader": "pygrub",
-            "PV_kernel": "",
-            "PV_ramdisk": "",
-            "PV_args": "",
-            "PV_bootloader_args": "",
-            "PV_legacy_args": "",
-            "HVM_boot_policy": "",
-            "HVM_boot_params": {},
-            "platform": {},
-            "PCI_bus": "",
-            "other_config": {},
-            "recommendations": "",
-            "xenstore_data": {},
-        }
-    )
+    return x.VM.create(vm_record(name, memory))
 
 
 def add_disk(x, vm, sr, device="0", size=4 * MiB):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import XenAPI
 
+from tests.simulator.sim_records import vm_record
 from xenapi_driver import vhd
 from xenapi_driver.simulator import sr_backend
 
@@ -28,38 +29,7 @@ def make_vdi(x, sr, size=4 * MiB, name="disk", **extra):
 
 
 def make_vm(x, name="vm", memory=128 * MiB):
-    return x.VM.create(
-        {
-            "name_label": name,
-            "name_description": "",
-            "user_version": "1",
-            "is_a_template": False,
-            "affinity": NULL,
-            "memory_static_max": str(memory),
-            "memory_dynamic_max": str(memory),
-            "memory_dynamic_min": str(memory),
-            "memory_static_min": str(memory),
-            "VCPUs_params": {},
-            "VCPUs_max": "1",
-            "VCPUs_at_startup": "1",
-            "actions_after_shutdown": "destroy",
-            "actions_after_reboot": "restart",
-            "actions_after_crash": "destroy",
-            "PV_bootloader": "pygrub",
-            "PV_kernel": "",
-            "PV_ramdisk": "",
-            "PV_args": "",
-            "PV_bootloader_args": "",
-            "PV_legacy_args": "",
-            "HVM_boot_policy": "",
-            "HVM_boot_params": {},
-            "platform": {},
-            "PCI_bus": "",
-            "other_config": {},
-            "recommendations": "",
-            "xenstore_data": {},
-        }
-    )
+    return x.VM.create(vm_record(name, memory))
 
 
 def make_vbd(x, vm, vdi, device="0", vbd_type="Disk", mode="RW", empty=False):

@@ -7,44 +7,15 @@ import time
 import pytest
 import XenAPI
 
+from tests.simulator.sim_records import vm_record
+
 MiB = 1024**2
 GiB = 1024**3
 NULL = "OpaqueRef:NULL"
 
 
 def make_vm(x, name="vm", memory=128 * MiB, **extra):
-    rec = {
-        "name_label": name,
-        "name_description": "",
-        "user_version": "1",
-        "is_a_template": False,
-        "affinity": NULL,
-        "memory_static_max": str(memory),
-        "memory_dynamic_max": str(memory),
-        "memory_dynamic_min": str(memory),
-        "memory_static_min": str(memory),
-        "VCPUs_params": {},
-        "VCPUs_max": "2",
-        "VCPUs_at_startup": "1",
-        "actions_after_shutdown": "destroy",
-        "actions_after_reboot": "restart",
-        "actions_after_crash": "destroy",
-        "PV_bootloader": "pygrub",
-        "PV_kernel": "",
-        "PV_ramdisk": "",
-        "PV_args": "",
-        "PV_bootloader_args": "",
-        "PV_legacy_args": "",
-        "HVM_boot_policy": "",
-        "HVM_boot_params": {},
-        "platform": {},
-        "PCI_bus": "",
-        "other_config": {},
-        "recommendations": "",
-        "xenstore_data": {},
-    }
-    rec.update(extra)
-    return x.VM.create(rec)
+    return x.VM.create(vm_record(name, memory, **{"VCPUs_max": "2", **extra}))
 
 
 def add_disk(x, vm, sr, device="0", size=4 * MiB):

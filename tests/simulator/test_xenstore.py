@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 import XenAPI
 
+from tests.simulator.sim_records import vm_record
 from xenapi_driver.simulator.guest_agent import DH_BASE, DH_PRIME, encrypt_password
 from xenapi_driver.simulator.handlers import xenstore
 
@@ -31,38 +32,7 @@ def xs(host, op, path, value=None):
 
 
 def make_vm(x, name, xenstore_data=None, other_config=None):
-    return x.VM.create(
-        {
-            "name_label": name,
-            "name_description": "",
-            "user_version": "1",
-            "is_a_template": False,
-            "affinity": NULL,
-            "memory_static_max": str(128 * MiB),
-            "memory_dynamic_max": str(128 * MiB),
-            "memory_dynamic_min": str(128 * MiB),
-            "memory_static_min": str(128 * MiB),
-            "VCPUs_params": {},
-            "VCPUs_max": "1",
-            "VCPUs_at_startup": "1",
-            "actions_after_shutdown": "destroy",
-            "actions_after_reboot": "restart",
-            "actions_after_crash": "destroy",
-            "PV_bootloader": "pygrub",
-            "PV_kernel": "",
-            "PV_ramdisk": "",
-            "PV_args": "",
-            "PV_bootloader_args": "",
-            "PV_legacy_args": "",
-            "HVM_boot_policy": "",
-            "HVM_boot_params": {},
-            "platform": {},
-            "PCI_bus": "",
-            "other_config": other_config or {},
-            "recommendations": "",
-            "xenstore_data": xenstore_data or {},
-        }
-    )
+    return x.VM.create(vm_record(name, other_config=other_config or {}, xenstore_data=xenstore_data or {}))
 
 
 def test_internal_endpoint_operations(sim):

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 import XenAPI
 
+from tests.simulator.sim_records import vm_record
 from xenapi_driver.simulator import api
 
 MiB = 1024**2
@@ -59,17 +60,17 @@ def wait(x, task):
 
 
 def make_vm(x, name):
-    vm = x.VM.create(
-        {"name_label": name, "name_description": "exported", "user_version": "1", "is_a_template": False,
-         "affinity": NULL, "memory_static_max": str(256 * MiB), "memory_dynamic_max": str(256 * MiB),
-         "memory_dynamic_min": str(256 * MiB), "memory_static_min": str(256 * MiB), "VCPUs_params": {},
-         "VCPUs_max": "2", "VCPUs_at_startup": "2", "actions_after_shutdown": "destroy",
-         "actions_after_reboot": "restart", "actions_after_crash": "destroy", "PV_bootloader": "pygrub",
-         "PV_kernel": "", "PV_ramdisk": "", "PV_args": "console=hvc0", "PV_bootloader_args": "",
-         "PV_legacy_args": "", "HVM_boot_policy": "", "HVM_boot_params": {}, "platform": {}, "PCI_bus": "",
-         "other_config": {"k": "v"}, "recommendations": "", "xenstore_data": {}}
-    )  # fmt: skip
-    return vm
+    return x.VM.create(
+        vm_record(
+            name,
+            256 * MiB,
+            name_description="exported",
+            VCPUs_max="2",
+            VCPUs_at_startup="2",
+            PV_args="console=hvc0",
+            other_config={"k": "v"},
+        )
+    )
 
 
 def add_disk(x, vm, sr, size):
