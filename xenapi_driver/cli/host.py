@@ -37,31 +37,29 @@ EPILOG = (
 )
 
 
-def _seconds(text: str) -> float:
+def _float(text: str, what: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from exc
+
+
+def _seconds(text: str) -> float:
+    value = _float(text, "number of seconds")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
     return value
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from exc
+    value = _float(text, "number of seconds")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
     return value
 
 
 def _factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    value = _float(text, "number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"back-off factor must be >= 1, got {text}")
     return value
