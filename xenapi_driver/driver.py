@@ -121,15 +121,18 @@ class XenAPIDriver(driver.ComputeDriver):
 
     @property
     def vmops(self) -> vmops.VMOps:
-        if self._vmops is None:
-            raise DriverNotInitialized("XenAPIDriver.init_host() has not run yet: no XAPI session")
-        return self._vmops
+        return self._required(self._vmops)
 
     @property
     def hostops(self) -> hostops.HostOps:
-        if self._hostops is None:
+        return self._required(self._hostops)
+
+    @staticmethod
+    def _required(ops):
+        """``ops``, or a clear error when a method runs before ``init_host`` connected."""
+        if ops is None:
             raise DriverNotInitialized("XenAPIDriver.init_host() has not run yet: no XAPI session")
-        return self._hostops
+        return ops
 
     def init_host(self, host):
         if self._session is None:
@@ -506,12 +509,6 @@ class XenAPIDriver(driver.ComputeDriver):
 
     def get_vnc_console(self, context, instance):
         return self._required(self._consoleops).get_vnc_console(instance)
-
-    @staticmethod
-    def _required(ops):
-        if ops is None:
-            raise DriverNotInitialized("XenAPIDriver.init_host() has not run yet: no XAPI session")
-        return ops
 
     # -- host and resources (HostOps) --------------------------------------
 

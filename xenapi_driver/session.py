@@ -296,9 +296,7 @@ class XenAPISession:
 
     def _new_conn(self, url: str) -> _Conn:
         if url.startswith("https:"):
-            transport: _TimeoutTransportMixin = _SafeTransport(
-                context=_ssl_context(self._ca_file, self._insecure)
-            )
+            transport: _TimeoutTransportMixin = _SafeTransport(context=self.ssl_context())
         else:
             transport = _Transport()
         transport.connect_timeout = self.login_timeout
