@@ -395,3 +395,162 @@ def test_move_refuses_truncated_leaf(dom0, received):
     data = (target / "0.vhd").read_bytes()
     (target / "0.vhd").write_bytes(data[: len(data) - 3 * 512])
     assert "0.vhd" in _move_fails(dom0, instance)
+
+
+# ------------------------------------------------------------- parents the destination holds
+
+
+def _unique_id(path) -> str:
+    return vhd.info(str(path), require_parents=False).uuid
+
+
+def _held_copy(src, dst, uuids) -> list[str]:
+    """Copy the two parents of ``uuids`` into dst's SR under new VDI UUIDs (as an image cache
+    on dst would hold the same image base copies): same bytes, same unique ids."""
+    new = [str(uuid.uuid4()) for _ in uuids[1:]]
+    for vdi, copy in zip(uuids[1:], new, strict=True):
+        shutil.copy2(src.sr_path() / f"{vdi}.vhd", dst.sr_path() / f"{copy}.vhd")
+    if len(new) > 1:
+        vhd.reparent(str(dst.sr_path() / f"{new[0]}.vhd"), str(dst.sr_path() / f"{new[1]}.vhd"))
+    return new
+
+
+def _identities(sandbox, **filters) -> dict:
+    args = {k: json.dumps(v) for k, v in filters.items()}
+    return json.loads(call(sandbox, "migration", "vhd_identities", sr_path=sr_arg(sandbox), **args))
+
+
+def test_vhd_identities_reports_only_hidden_intact_vhds(dom0):
+    uuids, _ = make_chain(dom0, levels=3, seed=31)
+    result = _identities(dom0, vdi_uuids=uuids)
+    by_vdi = {v["vdi_uuid"]: v for v in result["vhds"]}
+    assert set(by_vdi) == set(uuids[1:])  # the leaf is writable: never reported
+    assert [i["vdi_uuid"] for i in result["ignored"]] == [uuids[0]]
+    assert "writable" in result["ignored"][0]["reason"]
+    middle = by_vdi[uuids[1]]
+    path = dom0.sr_path() / f"{uuids[1]}.vhd"
+    assert middle["unique_id"] == _unique_id(path)
+    assert middle["physical_size"] == path.stat().st_size
+    assert middle["virtual_size"] == 8 * MiB
+    assert middle["parent_vdi_uuid"] == uuids[2]
+    assert middle["parent_unique_id"] == by_vdi[uuids[2]]["unique_id"]
+    assert by_vdi[uuids[2]]["parent_vdi_uuid"] is None
+    # by unique id: only the matching base copy, the rest of the SR is not reported
+    only = _identities(dom0, unique_ids=[middle["unique_id"]])
+    assert [v["vdi_uuid"] for v in only["vhds"]] == [uuids[1]]
+
+
+@pytest.mark.parametrize("where", ["footer", "footer_copy", "header"])
+def test_vhd_identities_ignores_a_damaged_vhd(dom0, where):
+    uuids, _ = make_chain(dom0, levels=2, seed=32)
+    path = dom0.sr_path() / f"{uuids[1]}.vhd"
+    uid = _unique_id(path)
+    offset = {"footer": path.stat().st_size - 512 + 40, "footer_copy": 40, "header": 512 + 8}[where]
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = _identities(dom0, unique_ids=[uid])
+    assert result["vhds"] == []
+    assert result["ignored"][0]["vdi_uuid"] == uuids[1]
+    assert "damaged" in result["ignored"][0]["reason"]
+
+
+def test_move_onto_a_held_base_sends_and_changes_nothing_of_it(ssh_pair):
+    src, dst = ssh_pair
+    uuids, content = make_chain(src, levels=3, seed=33)
+    held = _held_copy(src, dst, uuids)
+    held_path = dst.sr_path() / f"{held[0]}.vhd"
+    before = (held_path.stat().st_ino, held_path.stat().st_mtime_ns, held_path.read_bytes())
+    instance = str(uuid.uuid4())
+    # only the leaf: its parent (and that parent's own parent) are held by dst already
+    stats = transfer_chain(src, "127.0.0.2", instance, uuids[:1])
+    assert len(stats) == 1
+    new_uuids = [str(uuid.uuid4())]
+    result = json.loads(
+        call(dst, "migration", "move_vhds_into_sr", instance_uuid=instance, sr_path=sr_arg(dst),
+             uuid_stack=json.dumps(new_uuids), base_vdi_uuid=held[0],
+             base_physical_size=str(held_path.stat().st_size))
+    )  # fmt: skip
+    assert result["chain"] == new_uuids
+    leaf = dst.sr_path() / f"{new_uuids[0]}.vhd"
+    assert read_chain(leaf) == content
+    vhd.check(str(leaf), walk_parents=True)
+    assert vhd.info(str(leaf)).depth == 3
+    assert vhd.info(str(leaf)).parent_path == str(held_path)
+    assert (held_path.stat().st_ino, held_path.stat().st_mtime_ns, held_path.read_bytes()) == before
+    assert not [p for p in dst.sr_path().iterdir() if p.is_symlink()]
+
+
+@pytest.mark.parametrize("problem", ["other_uid", "visible", "damaged", "size", "missing"])
+def test_move_refuses_a_base_it_cannot_use(dom0, received, problem):
+    instance, target, _ = received
+    (target / "2.vhd").unlink()  # 1.vhd's parent stays behind: the held base must provide it
+    base = str(uuid.uuid4())
+    path = dom0.sr_path() / f"{base}.vhd"
+    other = {"other_uid": str(uuid.uuid4())}.get(problem)
+    if problem != "missing":
+        vhd.create_dynamic(str(path), 8 * MiB)
+        if other is None:
+            vhd.set_uuid(str(path), vhd.info(str(target / "1.vhd"), require_parents=False).parent_uuid)
+        vhd.set_hidden(str(path), problem != "visible")
+    if problem == "damaged":
+        with open(path, "r+b") as handle:
+            handle.seek(512 + 20)
+            handle.write(b"\xff\xff")
+    extra = {"base_vdi_uuid": base}
+    if problem == "size":
+        extra["base_physical_size"] = str(path.stat().st_size + 512)
+    code = "NOT_FOUND" if problem == "missing" else "VHD_CHAIN_INVALID"
+    _move_fails(dom0, instance, code=code, **extra)
+
+
+def test_create_child_on_a_held_base(dom0):
+    uuids, content = make_chain(dom0, levels=2, seed=34)
+    base = dom0.sr_path() / f"{uuids[1]}.vhd"
+    before = (base.stat().st_ino, base.stat().st_mtime_ns, base.read_bytes())
+    with vhd.open_chain(str(base), writable=False) as chain:
+        base_content = chain.read(0, chain.virtual_size)
+    child = str(uuid.uuid4())
+    result = json.loads(call(dom0, "migration", "create_child", sr_path=sr_arg(dom0), base_vdi_uuid=uuids[1],
+                             vdi_uuid=child, base_physical_size=str(base.stat().st_size)))  # fmt: skip
+    assert result == {"uuid": child}
+    made = dom0.sr_path() / f"{child}.vhd"
+    assert read_chain(made) == base_content != content
+    assert not vhd.info(str(made)).hidden
+    assert (base.stat().st_ino, base.stat().st_mtime_ns, base.read_bytes()) == before
+    with pytest.raises(XapiError) as err:  # a writable leaf is never a base
+        call(dom0, "migration", "create_child", sr_path=sr_arg(dom0), base_vdi_uuid=uuids[0],
+             vdi_uuid=str(uuid.uuid4()))  # fmt: skip
+    assert err.value.code == "VHD_CHAIN_INVALID"
+    with pytest.raises(XapiError) as err:
+        call(dom0, "migration", "create_child", sr_path=sr_arg(dom0), base_vdi_uuid=uuids[1], vdi_uuid=child)
+    assert err.value.code == "ALREADY_EXISTS"
+
+
+@pytest.mark.parametrize(
+    ("fn", "name", "value"),
+    [
+        ("vhd_identities", "sr_path", "/etc"),
+        ("vhd_identities", "unique_ids", '["../x"]'),
+        ("vhd_identities", "unique_ids", "not json"),
+        ("vhd_identities", "vdi_uuids", '["a/b"]'),
+        ("create_child", "base_vdi_uuid", "../../etc/passwd"),
+        ("create_child", "vdi_uuid", "x; reboot"),
+        ("create_child", "base_physical_size", "-1"),
+        ("move_vhds_into_sr", "base_vdi_uuid", "../x"),
+        ("move_vhds_into_sr", "base_physical_size", "12ab"),
+    ],
+)
+def test_held_base_functions_reject_bad_arguments(dom0, fn, name, value):
+    args = {"sr_path": sr_arg(dom0)}
+    if fn == "create_child":
+        args.update(base_vdi_uuid=str(uuid.uuid4()), vdi_uuid=str(uuid.uuid4()))
+    if fn == "move_vhds_into_sr":
+        args.update(instance_uuid=str(uuid.uuid4()))
+    args[name] = value
+    with pytest.raises(XapiError) as err:
+        call(dom0, "migration", fn, **args)
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert err.value.params[0].startswith(name)

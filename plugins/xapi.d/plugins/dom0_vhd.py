@@ -73,6 +73,87 @@ def meta(path, label=None):
         fail("VHD_CHAIN_INVALID", "%s is not a readable VHD: %s" % (label or os.path.basename(path), exc))
 
 
+def _checksum(raw, start):
+    """VHD checksum: one's complement of the byte sum with the 4-byte field at ``start`` zeroed."""
+    total = sum(bytearray(raw[:start])) + sum(bytearray(raw[start + 4 :]))
+    return ~total & 0xFFFFFFFF
+
+
+def _footer_sound(footer):
+    """The footer's checksum holds (also blktap's old habit: hidden byte set, checksum not updated)."""
+    stored = struct.unpack(">I", footer[64:68])[0]
+    if _checksum(footer, 64) == stored:
+        return True
+    return footer[85:86] == b"\x01" and _checksum(footer[:85] + b"\x00" + footer[86:], 64) == stored
+
+
+def identity(path):
+    """What says a VHD is the very same file on two hosts, if it is sound and immutable.
+
+    Returns ``{"unique_id", "virtual_size", "physical_size", "hidden",
+    "disk_type", "parent_unique_id", "parent_name"}``; raises ValueError
+    with the reason when the file is damaged: trailing footer missing or its
+    checksum wrong, leading copy differing from it, dynamic header checksum
+    wrong, or a block table entry pointing outside the file. Reads metadata
+    only (footer, header, block table), never changes the file.
+    """
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    if size < SECTOR:
+        raise ValueError("%s is too small to be a VHD" % name)
+    with open(path, "rb") as handle:
+        handle.seek(size - SECTOR)
+        footer = handle.read(SECTOR)
+        if footer[:8] != b"conectix":
+            raise ValueError("%s has no footer at its end" % name)
+        if not _footer_sound(footer):
+            raise ValueError("%s: footer checksum mismatch" % name)
+        disk_type = struct.unpack(">I", footer[60:64])[0]
+        if disk_type not in _TYPES:
+            raise ValueError("%s has unknown disk type %d" % (name, disk_type))
+        if footer[68:84] == b"\x00" * 16:
+            raise ValueError("%s has a null unique id" % name)
+        result = {
+            "unique_id": _uuid_text(footer[68:84]),
+            "virtual_size": struct.unpack(">Q", footer[48:56])[0],
+            "physical_size": size,
+            "hidden": footer[85:86] == b"\x01",
+            "disk_type": _TYPES[disk_type],
+            "parent_unique_id": None,
+            "parent_name": None,
+        }
+        if disk_type == 2:
+            return result
+        handle.seek(0)
+        if handle.read(SECTOR) != footer:
+            raise ValueError("%s: the footer copy at offset 0 differs from the footer" % name)
+        data_offset = struct.unpack(">Q", footer[16:24])[0]
+        if data_offset + 1024 > size - SECTOR:
+            raise ValueError("%s: dynamic header offset %d is outside the file" % (name, data_offset))
+        handle.seek(data_offset)
+        header = handle.read(1024)
+        if header[:8] != b"cxsparse":
+            raise ValueError("%s has no dynamic disk header" % name)
+        if _checksum(header, 36) != struct.unpack(">I", header[36:40])[0]:
+            raise ValueError("%s: dynamic header checksum mismatch" % name)
+        table_offset = struct.unpack(">Q", header[16:24])[0]
+        entries = struct.unpack(">I", header[28:32])[0]
+        block_size = struct.unpack(">I", header[32:36])[0]
+        if block_size < SECTOR or block_size % SECTOR or table_offset + 4 * entries > size - SECTOR:
+            raise ValueError("%s: block table or block size out of range" % name)
+        handle.seek(table_offset)
+        bat = struct.unpack(">%dI" % entries, handle.read(4 * entries))
+        bitmap = ((block_size // SECTOR + 7) // 8 + SECTOR - 1) // SECTOR * SECTOR
+        limit = size - SECTOR - bitmap - block_size
+        for entry in bat:
+            if entry != 0xFFFFFFFF and entry * SECTOR > limit:
+                raise ValueError("%s: a block table entry points outside the file" % name)
+        if disk_type == 4:
+            result["parent_unique_id"] = _uuid_text(header[40:56])
+            result["parent_name"] = header[64:576].decode("utf-16-be", "replace").split("\x00", 1)[0]
+    return result
+
+
 class ChainReader(object):
     """Read virtual-disk bytes through a VHD chain (or a raw file)."""
 
@@ -205,18 +286,69 @@ def _place(source, target):
             os.unlink(partial)
 
 
-def import_chain(staging, sr_path, new_uuids=None, log=None):
+def held_base(sr_dir, sr_path, base_uuid, physical_size=None):
+    """The path and identity of ``<base_uuid>.vhd``, a VHD of the SR a received chain may sit on.
+
+    It must be a regular file, sound (:func:`identity`) and hidden (an
+    immutable base copy, never a leaf someone may write); ``physical_size``,
+    when given, must still be its size (what the source was told it held).
+    """
+    path = os.path.join(sr_dir, base_uuid + ".vhd")
+    label = "%s/%s.vhd" % (sr_path, base_uuid)
+    if os.path.islink(path) or not os.path.isfile(path):
+        fail("NOT_FOUND", "held base VHD", label)
+    try:
+        found = identity(path)
+    except (ValueError, IOError, OSError) as exc:
+        fail("VHD_CHAIN_INVALID", "the held base %s is not intact: %s" % (label, exc))
+    if not found["hidden"]:
+        fail("VHD_CHAIN_INVALID", "the held base %s is not a hidden base copy" % label)
+    if physical_size is not None and found["physical_size"] != physical_size:
+        fail(
+            "VHD_CHAIN_INVALID",
+            "the held base %s changed: %d bytes, the source was told %d"
+            % (label, found["physical_size"], physical_size),
+        )
+    return path, found
+
+
+def ancestry(path, info):
+    """``[path, its parent's path, ...]`` down to the base; each parent present with the right id."""
+    paths = [path]
+    while info["parent_unique_id"] is not None:
+        parent = os.path.join(os.path.dirname(path), os.path.basename(info["parent_name"] or ""))
+        if len(paths) > 64 or not info["parent_name"] or not os.path.isfile(parent):
+            fail("VHD_CHAIN_INVALID", "the parent %r of %s is missing" % (info["parent_name"], paths[-1]))
+        expected = info["parent_unique_id"]
+        try:
+            info = identity(parent)
+        except (ValueError, IOError, OSError) as exc:
+            fail("VHD_CHAIN_INVALID", "the parent %s is not intact: %s" % (os.path.basename(parent), exc))
+        if info["unique_id"] != expected:
+            fail("VHD_CHAIN_INVALID", "%s is not the parent its child names" % os.path.basename(parent))
+        paths.append(parent)
+        path = parent
+    return paths
+
+
+def import_chain(staging, sr_path, new_uuids=None, log=None, base_uuid=None, base_physical_size=None):
     """Import the ``0.vhd`` (leaf) .. ``n.vhd`` (base) chain in ``staging`` into an SR.
 
     ``staging`` is a real (root-mapped) directory; ``sr_path`` the dom0 SR path.
     Each file gets a fresh UUID (``new_uuids`` leaf first, generated when
     None); children are re-linked to their parents with ``vhd-util modify -p``,
     the chain is checked with ``vhd-util check -p``, then moved into the SR.
+    With ``base_uuid`` the received chain is incomplete on purpose: ``n.vhd``'s
+    parent is the SR's ``<base_uuid>.vhd`` (a parent this host already held,
+    see :func:`held_base`), which is only read: never moved, renamed or written.
     On any failure the SR is left as it was. Returns the new UUIDs, leaf first.
     """
     sr_dir = dom0_utils.dom0_path(sr_path)
     if not os.path.isdir(sr_dir):
         fail("NOT_FOUND", "SR directory", sr_path)
+    base = None
+    if base_uuid is not None:
+        base = held_base(sr_dir, sr_path, base_uuid, base_physical_size)
     files = collect_sequence(staging)
     count = len(files)
     if new_uuids is None:
@@ -239,6 +371,13 @@ def import_chain(staging, sr_path, new_uuids=None, log=None):
                     "VHD_CHAIN_INVALID",
                     "%d.vhd's parent is %s, not %d.vhd (%s)"
                     % (n, info.parent_uuid, n + 1, infos[n + 1].uuid),
+                )
+        elif base is not None:
+            if info.disk_type != "differencing" or info.parent_uuid != base[1]["unique_id"]:
+                fail(
+                    "VHD_CHAIN_INVALID",
+                    "%d.vhd's parent is %s, not the held base %s (%s)"
+                    % (n, info.parent_uuid, base_uuid, base[1]["unique_id"]),
                 )
         elif info.disk_type == "differencing":
             fail("VHD_CHAIN_INVALID", "the chain is incomplete: its base %d.vhd has a parent" % n)
@@ -263,6 +402,15 @@ def import_chain(staging, sr_path, new_uuids=None, log=None):
         for n in range(1, count):
             if not infos[n].hidden:
                 _chain_tool(labels, "set", "-n", named[n], "-f", "hidden", "-v", "1")
+        if base is not None:
+            # Symbolic links beside the received files to the held base and its own parents:
+            # blktap's parent locators are relative (same directory), and the links let vhd-util
+            # read the held files where they are. First, as each re-link records its parent's
+            # modification time.
+            for held in ancestry(*base):
+                os.symlink(held, os.path.join(work, os.path.basename(held)))
+            link = os.path.join(work, base_uuid + ".vhd")
+            _chain_tool(labels, "modify", "-n", named[count - 1], "-p", link)
         for n in range(count - 2, -1, -1):
             _chain_tool(labels, "modify", "-n", named[n], "-p", named[n + 1])
         _chain_tool(labels, "check", "-n", named[0], "-p")
