@@ -58,8 +58,8 @@ SMALL = 64 * MiB
 _GLANCE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from glance_api import GlanceAPI
-g = GlanceAPI(token=sys.argv[2])
+from tests.glance_server import GlanceServer
+g = GlanceServer(token=sys.argv[2])
 ids = {}
 for path in sys.argv[3:]:
     with open(path, "rb") as handle:
@@ -121,7 +121,7 @@ def run(size: int, fill: float, handlers: list[str], repeats: int) -> dict[str, 
         make_image(big, size, fill)
         make_image(small, SMALL, fill)
         glance = subprocess.Popen(
-            [sys.executable, "-c", _GLANCE, str(ROOT / "tests" / "image"), TOKEN, str(big), str(small)],
+            [sys.executable, "-c", _GLANCE, str(ROOT), TOKEN, str(big), str(small)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import nova.conf  # noqa: E402
 import nova.context  # noqa: E402
-from glance_api import TOKEN, GlanceAPI  # noqa: E402
 
 from nova import objects  # noqa: E402
+from tests.glance_server import TOKEN, GlanceServer  # noqa: E402
 from xenapi_driver.session import XenAPISession  # noqa: E402
 from xenapi_driver.simulator import api  # noqa: E402
 
@@ -41,8 +41,8 @@ def simulator() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def glance() -> Iterator[GlanceAPI]:
-    server = GlanceAPI()
+def glance() -> Iterator[GlanceServer]:
+    server = GlanceServer()
     try:
         yield server
     finally:
@@ -56,7 +56,7 @@ def sim(simulator: Any) -> Any:
 
 
 @pytest.fixture
-def conf(sim: Any, glance: GlanceAPI) -> Iterator[Any]:
+def conf(sim: Any, glance: GlanceServer) -> Iterator[Any]:
     """nova.conf as an operator would write it; tests override handler and cache options."""
     overrides = {
         ("api_servers", "glance"): [glance.endpoint],

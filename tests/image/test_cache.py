@@ -30,14 +30,14 @@ def test_first_boot_copies_later_boots_clone(
     source = XenAPIImageSource(session)
 
     first = source.root_vdi(context, make_instance(), _meta(image_id), sr_ref)
-    downloads = sum(1 for m, p in glance.requests if m == "GET" and p.endswith(f"{image_id}/file"))
+    downloads = sum(1 for m, p, _ in glance.requests if m == "GET" and p.endswith(f"{image_id}/file"))
     assert downloads == 1
     assert len(cache_entries(sim, image_id)) == 1
 
     sim.reset_call_counts()
     second = source.root_vdi(context, make_instance(), _meta(image_id), sr_ref)
     calls = {m: n for m, n in sim.call_counts.items() if n and m not in ("event.from",)}
-    assert sum(1 for m, p in glance.requests if m == "GET" and p.endswith(f"{image_id}/file")) == 1
+    assert sum(1 for m, p, _ in glance.requests if m == "GET" and p.endswith(f"{image_id}/file")) == 1
     assert calls.get("VDI.clone") == 1
     assert (
         "VDI.create" not in calls and "host.call_plugin" not in calls and "PUT /import_raw_vdi" not in calls
@@ -148,7 +148,7 @@ def test_concurrent_first_boots_download_once(conf, session, sim, context, glanc
     for t in threads:
         t.join(timeout=60)
     assert not errors and len(set(results)) == 4
-    assert sum(1 for m, p in glance.requests if m == "GET" and p.endswith(f"{image_id}/file")) == 1
+    assert sum(1 for m, p, _ in glance.requests if m == "GET" and p.endswith(f"{image_id}/file")) == 1
     assert len(cache_entries(sim, image_id)) == 1
     for vdi in results:
         assert vdi_bytes(sr_dir, sim.pool.db.get("VDI", vdi)["uuid"], len(data)) == data

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from glance_api import GlanceAPI
 from image_helpers import MiB, chain_tgz, make_chain, make_instance, plain_vhd, sr_state, tgz
 
 from nova import exception as nova_exception
 from nova import objects
+from tests.glance_server import GlanceServer
 from xenapi_driver.image import ImageAPI, XenAPIImageSource
 
 HANDLERS = ["direct_vhd", "vdi_remote_stream", "vdi_local_dev"]
@@ -109,7 +109,7 @@ def test_glance_unreachable(handler, conf, sim, session, context, sr_ref, sr_dir
 class _DiesAfterMetadata(ImageAPI):
     """Glance answers the metadata request, then goes away before the data is fetched."""
 
-    def __init__(self, server: GlanceAPI) -> None:
+    def __init__(self, server: GlanceServer) -> None:
         super().__init__()
         self.server = server
 
@@ -120,7 +120,7 @@ class _DiesAfterMetadata(ImageAPI):
 
 
 def test_glance_goes_away_before_the_data(handler, conf, sim, session, context, sr_ref, sr_dir, tmp_path):
-    server = GlanceAPI()
+    server = GlanceServer()
     conf.set_override("api_servers", [server.endpoint], group="glance")
     paths, _ = make_chain(tmp_path / "c", depth=1)
     image_id = server.add(chain_tgz(paths), "vhd", "ovf")

@@ -13,9 +13,9 @@ import tarfile
 import uuid
 
 import pytest
-from glance_server import GlanceServer
 from plugin_helpers import call
 
+from tests.glance_server import GlanceServer
 from xenapi_driver import vhd
 from xenapi_driver.simulator.dom0 import XapiError
 
@@ -81,7 +81,7 @@ def download(sandbox, glance, image_id, **extra):
 
 def test_download_tgz_chain(dom0, glance, tmp_path):
     paths, content = build_chain(tmp_path)
-    image_id = glance.add_image(tgz_of(paths), "vhd", "ovf")
+    image_id = glance.add(tgz_of(paths), "vhd", "ovf")
     stack = [str(uuid.uuid4()) for _ in paths]
     result = download(dom0, glance, image_id, uuid_stack=json.dumps(stack))
     assert result["root"] == {"uuid": stack[0]} and result["chain"] == stack and result["format"] == "vhd"
@@ -93,11 +93,11 @@ def test_download_tgz_chain(dom0, glance, tmp_path):
 
 def test_download_plain_vhd_and_raw(dom0, glance, tmp_path):
     paths, content = build_chain(tmp_path, levels=1)
-    vhd_image = glance.add_image(paths[0].read_bytes(), "vhd", "bare")
+    vhd_image = glance.add(paths[0].read_bytes(), "vhd", "bare")
     result = download(dom0, glance, vhd_image)
     assert read_leaf(dom0, result["root"]["uuid"]) == content
     raw = os.urandom(3 * MiB)
-    raw_image = glance.add_image(raw, "raw", "bare")
+    raw_image = glance.add(raw, "raw", "bare")
     result = download(dom0, glance, raw_image)
     assert result["format"] == "raw"
     assert (dom0.sr_path() / f"{result['root']['uuid']}.raw").read_bytes() == raw
@@ -108,7 +108,7 @@ def test_upload_chain_then_download_round_trip(hosts, glance):
     dst = hosts.new("127.0.0.1", "dst")
     paths, content = build_chain(src.sr_path())
     chain_uuids = [p.name[:-4] for p in paths]
-    image_id = glance.queued_image()
+    image_id = glance.queued(disk_format="vhd", container_format="ovf")
     result = json.loads(
         call(
             src,
@@ -139,7 +139,7 @@ def test_compression_level_changes_the_output(dom0, glance):
     paths, _ = build_chain(dom0.sr_path(), levels=1)
     sizes = []
     for level in ("1", "9"):
-        image_id = glance.queued_image()
+        image_id = glance.queued(disk_format="vhd", container_format="ovf")
         call(
             dom0,
             "glance",
@@ -163,7 +163,7 @@ def test_upload_refuses_non_chain(dom0, glance):
             dom0,
             "glance",
             "upload_vhd",
-            image_id=glance.queued_image(),
+            image_id=glance.queued(disk_format="vhd", container_format="ovf"),
             endpoint=glance.endpoint,
             sr_path=sr_arg(dom0),
             token=glance.token,
@@ -175,7 +175,7 @@ def test_upload_refuses_non_chain(dom0, glance):
 
 def test_wrong_token_is_a_clear_failure(dom0, glance, tmp_path):
     paths, _ = build_chain(tmp_path, levels=1)
-    image_id = glance.add_image(tgz_of(paths), "vhd", "ovf")
+    image_id = glance.add(tgz_of(paths), "vhd", "ovf")
     before = sr_files(dom0)
     with pytest.raises(XapiError) as err:
         download(dom0, glance, image_id, token="wrong")
@@ -185,7 +185,7 @@ def test_wrong_token_is_a_clear_failure(dom0, glance, tmp_path):
 
 def test_connection_errors_and_5xx_are_retried(dom0, glance, tmp_path):
     paths, content = build_chain(tmp_path, levels=2)
-    image_id = glance.add_image(tgz_of(paths), "vhd", "ovf")
+    image_id = glance.add(tgz_of(paths), "vhd", "ovf")
     glance.drop_next = 2
     glance.status_next = [503]
     glance.truncate_next = 1
@@ -196,7 +196,7 @@ def test_connection_errors_and_5xx_are_retried(dom0, glance, tmp_path):
 
 def test_retries_exhausted(dom0, glance, tmp_path):
     paths, _ = build_chain(tmp_path, levels=1)
-    image_id = glance.add_image(tgz_of(paths), "vhd", "ovf")
+    image_id = glance.add(tgz_of(paths), "vhd", "ovf")
     glance.drop_next = 3
     before = sr_files(dom0)
     with pytest.raises(XapiError) as err:
@@ -226,7 +226,7 @@ def test_unreachable_endpoint(dom0):
 )
 def test_malicious_archive_is_refused(dom0, glance, tmp_path, names):
     paths, _ = build_chain(tmp_path, levels=2)
-    image_id = glance.add_image(tgz_of(paths, names), "vhd", "ovf")
+    image_id = glance.add(tgz_of(paths, names), "vhd", "ovf")
     before = sr_files(dom0)
     with pytest.raises(XapiError) as err:
         download(dom0, glance, image_id)
@@ -243,7 +243,7 @@ def test_symlink_member_is_refused(dom0, glance):
         member.type = tarfile.SYMTYPE
         member.linkname = "/etc/shadow"
         archive.addfile(member)
-    image_id = glance.add_image(buffer.getvalue(), "vhd", "ovf")
+    image_id = glance.add(buffer.getvalue(), "vhd", "ovf")
     with pytest.raises(XapiError) as err:
         download(dom0, glance, image_id)
     assert err.value.code == "GLANCE_BAD_IMAGE"
@@ -282,7 +282,7 @@ def test_upload_bad_compression_level(dom0, glance):
             dom0,
             "glance",
             "upload_vhd",
-            image_id=glance.queued_image(),
+            image_id=glance.queued(disk_format="vhd", container_format="ovf"),
             endpoint=glance.endpoint,
             sr_path=sr_arg(dom0),
             vdi_uuids=json.dumps([str(uuid.uuid4())]),
@@ -329,7 +329,7 @@ def tls_glance(tmp_path):
 
 def test_tls_verification(dom0, tls_glance, tmp_path):
     paths, content = build_chain(tmp_path, levels=1)
-    image_id = tls_glance.add_image(tgz_of(paths), "vhd", "ovf")
+    image_id = tls_glance.add(tgz_of(paths), "vhd", "ovf")
     with pytest.raises(XapiError) as err:
         download(dom0, tls_glance, image_id)
     assert err.value.code == "GLANCE_TLS_ERROR"
@@ -351,12 +351,12 @@ def _progress_lines(sandbox, what: str) -> list[int]:
 def test_download_and_upload_log_progress_every_ten_percent(hosts, glance, tmp_path):
     src = hosts.new("127.0.0.1", "src")
     raw = os.urandom(24 * MiB)  # many reads per tenth, so every tenth is its own line
-    image_id = glance.add_image(raw, "raw", "bare")
+    image_id = glance.add(raw, "raw", "bare")
     download(src, glance, image_id)
     assert _progress_lines(src, f"download of image {image_id}") == list(range(10, 101, 10))
 
     paths, _ = build_chain(src.sr_path())
-    upload_id = glance.queued_image()
+    upload_id = glance.queued(disk_format="vhd", container_format="ovf")
     call(
         src,
         "glance",

@@ -5,7 +5,7 @@ interpreter; see ``tests/nova/README.md``): the API, conductor, scheduler and
 one nova-compute with ``compute_driver = xenapi.XenAPIDriver`` on the XAPI
 simulator. Instead of the harness's in-memory GlanceFixture (which keeps no
 image data), Nova talks to the loopback Glance v2 server of
-``tests/image/glance_api.py`` through its real glanceclient, so image bytes
+``tests/glance_server.py`` through its real glanceclient, so image bytes
 really flow: a server boots from a VHD chain image, is snapshotted, and a
 second server booted from the snapshot has the first one's disk bytes; and
 servers boot from a plain VHD, a raw disk and an ISO (a read-only bootable CD
@@ -22,13 +22,13 @@ import unittest
 from pathlib import Path
 
 import xenapi_nova_tests  # noqa: F401  (first: Nova's concurrency mode)
-from glance_api import GlanceAPI
 from image_helpers import MiB, chain_tgz, make_chain, pattern, plain_vhd, raw_disk
 from nova.image import glance as nova_glance
 from nova.tests.functional import integrated_helpers
 from xenapi_nova_tests import API_PASTE_INI, tolerate_newer_dependencies, xenapi_suite_skip_reason
 from xenapi_nova_tests.simulator_fixture import XenServerConfFixture, add_network, start_simulator
 
+from tests.glance_server import GlanceServer
 from xenapi_driver import vhd
 
 _REAL_DEFAULT_IMAGE_SERVICE = nova_glance.get_default_image_service
@@ -45,7 +45,7 @@ class ImageSnapshotRESTTest(integrated_helpers._IntegratedTestBase):
     def setUpClass(cls) -> None:
         super().setUpClass()
         cls.simulator = start_simulator(hosts=1)
-        cls.glance_server = GlanceAPI(token=None)
+        cls.glance_server = GlanceServer(token=None)
 
     @classmethod
     def tearDownClass(cls) -> None:
