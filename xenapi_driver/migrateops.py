@@ -32,6 +32,13 @@ Why it is built this way:
   credentials are this compute's own. No secret is ever written to metadata.
 * **Same host or shared SR: no copy.** After power-off each disk is cloned
   (``VDI.clone``, copy-on-write, constant time) and the new VM uses the clones.
+* **Parents the destination holds are not sent.** Before copying, the
+  destination's ``migration.vhd_identities`` lists its hidden, intact base
+  copies by VHD unique id, virtual and physical size (for example the base
+  copy of an image its image cache holds). The chain sent stops above the
+  first parent whose identity, and whose whole parent chain's, the
+  destination holds; the received chain is linked onto that held VDI, which
+  is only read (see :func:`choose_held`).
 """
 
 from __future__ import annotations
@@ -423,12 +430,21 @@ class MigrateOps:
                 else _RsyncCopier(self._session, dest, instance)
             )
             journal["transport"] = transport
-            # 2. Immutable parents while the guest runs.
-            total = sum(len(c["chain"]) - 1 for c in chains) or 1
+            # 2. Immutable parents while the guest runs, but none the destination already holds.
+            self._find_held(dest, chains, stack, getattr(copier, "dest_session", None))
+            held = {
+                f"{i['disk']['role']}-{i['disk']['device']}": i["held"]["vdi_uuid"]
+                for i in chains
+                if i.get("held")
+            }
+            if held:
+                journal["held"] = held
+                self._write_journal(vm_ref, journal)
+            total = sum(_send_length(c) - 1 for c in chains) or 1
             done = 0
             for item in chains:
                 item["target"] = copier.begin(item)
-                for seq in range(len(item["chain"]) - 1, 0, -1):
+                for seq in range(_send_length(item) - 1, 0, -1):
                     self._hook("copy_parent")
                     copier.send(item, seq)
                     done += 1
@@ -447,7 +463,8 @@ class MigrateOps:
             {
                 "role": item["disk"]["role"],
                 "device": item["disk"]["device"],
-                "chain_length": len(item["chain"]),
+                "chain_length": _send_length(item),  # VHDs sent: the held base and below stay out
+                **({"held_base": item["held"]} if item.get("held") else {}),
                 "transport": transport,
                 # bytes each copy sent, by sequence number (0 = the leaf, after power-off)
                 "stats": {str(k): v for k, v in item.get("stats", {}).items()},
@@ -455,6 +472,81 @@ class MigrateOps:
             }
             for item in chains
         ]
+
+    def _find_held(
+        self, dest: str, chains: list[dict[str, Any]], stack: contextlib.ExitStack, dsession: Any = None
+    ) -> None:
+        """Set ``item["held"]`` for each chain whose parents the destination already holds.
+
+        The destination is asked through its XAPI (``host.call_plugin`` of
+        ``migration.vhd_identities`` on a session opened like the xapi
+        transport's, with this compute's credentials) for both transports: the
+        rsync transport's SSH trust is dom0 to dom0, out of nova-compute's reach.
+        Anything that stops the lookup (no XAPI session to the destination, a
+        non-file SR, older plug-ins) only means every parent is sent, as before.
+        """
+        wanted = [item for item in chains if len(item["chain"]) > 1]
+        if not wanted:
+            return
+        try:
+            if dsession is None:
+                dsession = stack.enter_context(self._dest_session(dest))
+            dest_sr = self._dest_file_sr(dsession)
+            if dest_sr is None:
+                return
+            sources: dict[int, list[dict[str, Any] | None]] = {}
+            for index, item in enumerate(wanted):
+                sr_type = self._session.call_xenapi("SR.get_type", item["disk"]["rec"]["SR"])
+                if sr_type not in FILE_SR_TYPES:
+                    continue
+                parents = [member["uuid"] for member in item["chain"][1:]]
+                found = json.loads(
+                    self._session.call_plugin(
+                        "migration",
+                        "vhd_identities",
+                        {"sr_path": f"/var/run/sr-mount/{item['sr_uuid']}", "vdi_uuids": json.dumps(parents)},
+                    )
+                )
+                by_vdi = {v["vdi_uuid"]: v for v in found["vhds"]}
+                sources[index] = [by_vdi.get(vdi) for vdi in parents]
+            unique_ids = sorted({v["unique_id"] for ids in sources.values() for v in ids if v})
+            if not unique_ids:
+                return
+            held = json.loads(
+                dsession.call_plugin(
+                    "migration",
+                    "vhd_identities",
+                    {"sr_path": f"/var/run/sr-mount/{dest_sr}", "unique_ids": json.dumps(unique_ids[:256])},
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - an optimisation: on any doubt, send everything
+            LOG.warning("Could not ask %s which parents it holds (%s); sending every parent", dest, exc)
+            return
+        for index, ids in sources.items():
+            choice = choose_held(ids, held["vhds"])
+            if choice is not None:
+                seq, entry = choice
+                item = wanted[index]
+                item["held"] = {
+                    "seq": seq,
+                    "sr_uuid": dest_sr,
+                    **{k: entry[k] for k in ("vdi_uuid", "unique_id", "virtual_size", "physical_size")},
+                }
+                LOG.info(
+                    "%s holds parent %d of %s's %s disk intact (VDI %s): not sending it and its parents",
+                    dest, seq, item["disk"]["rec"]["uuid"], item["disk"]["role"], entry["vdi_uuid"],
+                )  # fmt: skip
+
+    @staticmethod
+    def _dest_file_sr(dsession: Any) -> str | None:
+        """UUID of the destination's instance SR when it is a file SR (VHD files the plug-in reads)."""
+        from xenapi_driver import hostops
+
+        sr_ref = hostops.HostOps(dsession).instance_sr()
+        if not sr_ref:
+            return None
+        sr = dsession.call_xenapi("SR.get_record", sr_ref)
+        return sr["uuid"] if sr["type"] in FILE_SR_TYPES else None
 
     def _rollback_source(self, instance: Any, vm_ref: str, block_device_info: Any) -> None:
         """Undo a failed migrate_disk_and_power_off: the instance is back as it was."""
@@ -662,17 +754,16 @@ class MigrateOps:
                     "transport imports VHD files into a file SR (EXT, NFS) only"
                 )
             stack = [str(uuidlib.uuid4()) for _ in range(int(disk["chain_length"]))]
-            result = json.loads(
-                self._session.call_plugin(
-                    "migration",
-                    "move_vhds_into_sr",
-                    {
-                        "instance_uuid": _staging_id(instance.uuid, disk),
-                        "sr_path": f"/var/run/sr-mount/{sr['uuid']}",
-                        "uuid_stack": json.dumps(stack),
-                    },
-                )
-            )
+            args = {
+                "instance_uuid": _staging_id(instance.uuid, disk),
+                "sr_path": f"/var/run/sr-mount/{sr['uuid']}",
+                "uuid_stack": json.dumps(stack),
+            }
+            held = disk.get("held_base")
+            if held:  # the received chain's base is linked onto the VHD this host held (read only)
+                args["base_vdi_uuid"] = held["vdi_uuid"]
+                args["base_physical_size"] = str(held["physical_size"])
+            result = json.loads(self._session.call_plugin("migration", "move_vhds_into_sr", args))
             vdi = self._introduce(sr_ref, result["root"]["uuid"], instance, disk)
         else:  # xapi transport, same host, shared SR: the VDI already exists here
             vdi = self._session.call_xenapi("VDI.get_by_uuid", disk["vdi_uuid"])
@@ -741,6 +832,57 @@ class MigrateOps:
         return self._sr_attached_to(rec["SR"], self._session.host_ref)
 
 
+def _send_length(item: dict[str, Any]) -> int:
+    """How many VHDs of a chain are sent: all, or those above the parent the destination holds."""
+    return int(item["held"]["seq"]) if item.get("held") else len(item["chain"])
+
+
+def _same_identity(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[k] == b[k] for k in ("unique_id", "virtual_size", "physical_size"))
+
+
+def choose_held(
+    parents: list[dict[str, Any] | None], held: list[dict[str, Any]]
+) -> tuple[int, dict[str, Any]] | None:
+    """The first parent (from the leaf) the destination holds intact, with its whole parent chain.
+
+    ``parents``: the source chain's identities for sequence numbers 1..n (the
+    leaf is 0 and always sent; None where the source could not vouch for a
+    member). ``held``: the destination's hidden, intact VHDs
+    (``vhd_identities``). Returns ``(seq, held entry)``, or None to send all.
+
+    A parent counts as held only when a destination VHD has its unique id,
+    virtual size and physical size AND that VHD's own parents, followed on
+    the destination by file name, match the source's remaining parents one by
+    one down to a base with no parent: what is not sent is verified, not
+    assumed. The shallowest such parent wins (fewest bytes sent).
+    """
+    by_vdi = {entry["vdi_uuid"]: entry for entry in held}
+    count = len(parents)
+
+    def chain_matches(index: int, entry: dict[str, Any]) -> bool:
+        for j in range(index, count):
+            source = parents[j]
+            if source is None or not _same_identity(source, entry):
+                return False
+            if j + 1 == count:
+                return entry.get("parent_unique_id") is None
+            below = parents[j + 1]
+            nxt = by_vdi.get(entry.get("parent_vdi_uuid") or "")
+            if below is None or nxt is None or entry.get("parent_unique_id") != below["unique_id"]:
+                return False
+            entry = nxt
+        return False
+
+    for index, source in enumerate(parents):
+        if source is None:
+            continue
+        for entry in sorted(held, key=lambda e: e["vdi_uuid"]):
+            if _same_identity(source, entry) and chain_matches(index, entry):
+                return index + 1, entry
+    return None
+
+
 def _staging_id(instance_uuid: str, disk: dict[str, Any]) -> str:
     """The ``/images/instance<id>/`` directory of one disk: the plug-ins take one chain per id."""
     return str(uuidlib.uuid5(uuidlib.UUID(instance_uuid), f"{disk['role']}-{disk['device']}"))
@@ -795,6 +937,7 @@ class _XapiCopier:
     def __init__(self, session: Any, dest_session: Any, instance: Any) -> None:
         self._session = session
         self._dest = dest_session
+        self.dest_session = dest_session  # MigrateOps asks the destination which parents it holds
         self._instance = instance
         self.bytes_sent: dict[int, int] = {}
 
@@ -805,6 +948,8 @@ class _XapiCopier:
         if not sr_ref:
             raise ResizeStepFailed(f"the destination host {self._dest.host_address} has no usable SR")
         leaf = item["chain"][0]
+        if item.get("held"):
+            return {"vdi_uuid": self._child_of_held(item, sr_ref, int(leaf["virtual_size"]))}
         vdi = self._dest.call_xenapi(
             "VDI.create",
             {
@@ -819,6 +964,47 @@ class _XapiCopier:
             },
         )
         return {"vdi_uuid": self._dest.call_xenapi("VDI.get_uuid", vdi)}
+
+    def _child_of_held(self, item: dict[str, Any], sr_ref: str, virtual_size: int) -> str:
+        """An empty VDI on the destination whose parent is the held VHD; the deltas go into it.
+
+        The destination's ``migration.create_child`` makes the file (the held
+        one is only read); ``VDI.introduce`` makes XAPI know it without an
+        ``SR.scan`` (whose GC could coalesce), tagged incoming like the
+        VDI.create path so a revert or ``recover_host`` removes it.
+        """
+        held = item["held"]
+        sr_uuid = self._dest.call_xenapi("SR.get_uuid", sr_ref)
+        if sr_uuid != held["sr_uuid"]:
+            raise ResizeStepFailed(
+                f"the destination's SR changed from {held['sr_uuid']} to {sr_uuid} during the resize"
+            )
+        child = str(uuidlib.uuid4())
+        self._dest.call_plugin(
+            "migration",
+            "create_child",
+            {
+                "sr_path": f"/var/run/sr-mount/{sr_uuid}",
+                "base_vdi_uuid": held["vdi_uuid"],
+                "vdi_uuid": child,
+                "base_physical_size": str(held["physical_size"]),
+            },
+        )
+        label = f"{self._instance.name} {item['disk']['role']} (incoming)"
+        other = {INCOMING_KEY: self._instance.uuid}
+        try:
+            vdi = self._dest.call_xenapi(
+                "VDI.introduce", child, label, f"resize of Nova instance {self._instance.uuid}",
+                sr_ref, "user", False, False, other, child, {}, {},
+            )  # fmt: skip
+        except xexc.XenAPIError as exc:
+            LOG.info("VDI.introduce of %s failed (%s); scanning the SR instead", child, exc.code)
+            self._dest.call_xenapi("SR.scan", sr_ref)
+            vdi = self._dest.call_xenapi("VDI.get_by_uuid", child)
+            self._dest.call_xenapi("VDI.add_to_other_config", vdi, INCOMING_KEY, self._instance.uuid)
+        if int(self._dest.call_xenapi("VDI.get_virtual_size", vdi)) < virtual_size:
+            self._dest.call_xenapi("VDI.resize", vdi, str(virtual_size))
+        return child
 
     def send(self, item: dict[str, Any], seq: int) -> None:
         chain = item["chain"]
