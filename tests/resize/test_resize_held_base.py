@@ -261,3 +261,25 @@ def test_choose_held_verifies_the_whole_parent_chain():
     # a member the source could not vouch for is never assumed
     assert migrateops.choose_held([s1, None, s3], [d2, d3]) == (3, d3)
     assert migrateops.choose_held([s1, s2, s3], []) is None
+
+
+def test_held_base_gone_before_finish_fails_clearly_and_reverts(cloud, transport):
+    """The destination's held base vanishes after the copy (its last user gone, an SR scan):
+    finish_migration fails with the reason, the revert brings the untouched source back."""
+    src, dst = cloud["src"], cloud["dst"]
+    inst, dst_base, before, _ = prepared(cloud)
+    dst_files = dst.sr_files()
+    src.migrateops.step_hook = None
+    disk_info = src.migrateops.migrate_disk_and_power_off(
+        None, inst, dst.host.address, flavor("big", root_gb=2), [], timeout=5
+    )
+    assert json.loads(disk_info)["disks"][0]["held_base"]["vdi_uuid"] == dst_base.stem
+    moved = dst_base.with_suffix(".away")
+    os.rename(dst_base, moved)
+    inst.old_flavor, inst.flavor = inst.flavor, flavor("big", root_gb=2)
+    with pytest.raises(Exception, match="held base"):
+        dst.migrateops.finish_migration(None, None, inst, disk_info, [], None, True, power_on=True)
+    os.rename(moved, dst_base)
+    revert(src, dst, inst)
+    assert digest(src.root(inst)[1]) == before
+    assert dst.sr_files() == dst_files and dst.staging() == []
