@@ -30,7 +30,7 @@ from .ops import (
     set_uuid,
     snapshot,
 )
-from .stream import export_raw, export_vhd_stream, import_raw, import_vhd_stream
+from .stream import export_raw, export_vhd_stream, import_raw, import_vhd_stream, iter_vhd_stream
 
 __all__ = [
     "BLOCK_SIZE",
@@ -51,6 +51,7 @@ __all__ = [
     "import_raw",
     "import_vhd_stream",
     "info",
+    "iter_vhd_stream",
     "open_chain",
     "repair",
     "reparent",

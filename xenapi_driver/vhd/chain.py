@@ -100,6 +100,21 @@ def walk_chain(path: str, *, writable_leaf: bool = False, verify: bool = True, a
         raise
 
 
+def run_plan(plan: list, block: int) -> None:
+    """Carry out a :meth:`Chain.plan_block` plan; a short read (file shrank) is a VHDError.
+
+    Only system calls and buffer copies: safe on a helper thread, since
+    os.preadv releases the GIL while the kernel copies.
+    """
+    for fd, iov, offset, length, layer in plan:
+        if fd < 0:
+            iov[:] = _ZEROS[:length]
+        elif os.preadv(fd, iov, offset) != length:
+            raise VHDError(
+                f"{layer.path}: short read in block {block} (file changed under us?)", path=layer.path
+            )
+
+
 class Chain:
     """An open chain (leaf first).  Use as a context manager, or call close().
 
@@ -159,14 +174,20 @@ class Chain:
         if want:
             yield None, want
 
-    def _fill_block(self, block: int, lo: int, hi: int, out: memoryview) -> None:
-        """Fill ``out`` (hi - lo bytes) with bytes [lo, hi) of ``block``.
+    def plan_block(self, block: int, lo: int, hi: int, out: memoryview) -> list:
+        """The reads that fill ``out`` (hi - lo bytes) with bytes [lo, hi) of ``block``.
 
-        The common cases (the whole range held by one layer) cost one preadv.
+        Returns a list of ``(fd, iov, file_offset, length, layer)`` for
+        :func:`run_plan`; ``fd`` -1 marks a run of zeros (``iov`` is then the
+        view to clear).  Planning (bitmaps, run lists) is kept apart from the
+        reads so a streaming export can plan block N+1 while a helper thread
+        copies block N.  The common cases (the whole range held by one layer, or
+        one run per layer) cost one preadv per layer.
         """
         first = lo >> fmt.SECTOR_SHIFT
         last = (hi + fmt.SECTOR_SIZE - 1) >> fmt.SECTOR_SHIFT
         want = whole = ((1 << (last - first)) - 1) << first
+        plan = []
         for layer in self.layers:
             bits = layer.block_bits(block)
             if not bits:
@@ -176,50 +197,46 @@ class Chain:
                 continue
             base = layer.data_offset(block)
             if take == whole:
-                if os.preadv(layer.fd, [out], base + lo) != hi - lo:
-                    raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
-                return
+                return [(layer.fd, [out], base + lo, hi - lo, layer)]
             low = take & -take
             top = take + low
             if not top & take:
                 # A single run of sectors (the usual case): no run list to build.
                 a = max((low.bit_length() - 1) << fmt.SECTOR_SHIFT, lo)
                 b = min((top.bit_length() - 1) << fmt.SECTOR_SHIFT, hi)
-                if os.preadv(layer.fd, [out[a - lo : b - lo]], base + a) != b - a:
-                    raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
-                want ^= take
-                if not want:
-                    return
-                continue
-            runs = [
-                (max(start << fmt.SECTOR_SHIFT, lo), min(end << fmt.SECTOR_SHIFT, hi))
-                for start, end in fmt.bit_runs(take)
-            ]
-            span_start, span_end = runs[0][0], runs[-1][1]
-            gaps = span_end - span_start - sum(b - a for a, b in runs)
-            if 1 < len(runs) <= _MAX_IOV and gaps <= _MAX_GAP:
-                # One system call for this layer: the holes between its runs (held by
-                # nearer layers) are read into a throw-away buffer.
-                iov = []
-                pos = span_start
-                for a, b in runs:
-                    if a > pos:
-                        iov.append(_TRASH[: a - pos])
-                    iov.append(out[a - lo : b - lo])
-                    pos = b
-                if os.preadv(layer.fd, iov, base + span_start) != span_end - span_start:
-                    raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
+                plan.append((layer.fd, [out[a - lo : b - lo]], base + a, b - a, layer))
             else:
-                for a, b in runs:
-                    if os.preadv(layer.fd, [out[a - lo : b - lo]], base + a) != b - a:
-                        raise VHDError(f"{layer.path}: short read in block {block} (file changed under us?)")
+                runs = [
+                    (max(start << fmt.SECTOR_SHIFT, lo), min(end << fmt.SECTOR_SHIFT, hi))
+                    for start, end in fmt.bit_runs(take)
+                ]
+                span_start, span_end = runs[0][0], runs[-1][1]
+                gaps = span_end - span_start - sum(b - a for a, b in runs)
+                if len(runs) <= _MAX_IOV and gaps <= _MAX_GAP:
+                    # One system call for this layer: the holes between its runs (held by
+                    # nearer layers) are read into a throw-away buffer.
+                    iov = []
+                    pos = span_start
+                    for a, b in runs:
+                        if a > pos:
+                            iov.append(_TRASH[: a - pos])
+                        iov.append(out[a - lo : b - lo])
+                        pos = b
+                    plan.append((layer.fd, iov, base + span_start, span_end - span_start, layer))
+                else:
+                    plan.extend((layer.fd, [out[a - lo : b - lo]], base + a, b - a, layer) for a, b in runs)
             want ^= take
             if not want:
-                return
+                return plan
         for start, end in fmt.bit_runs(want):
             a = max(start << fmt.SECTOR_SHIFT, lo)
             b = min(end << fmt.SECTOR_SHIFT, hi)
-            out[a - lo : b - lo] = _ZEROS[: b - a]
+            plan.append((-1, out[a - lo : b - lo], 0, b - a, None))
+        return plan
+
+    def _fill_block(self, block: int, lo: int, hi: int, out: memoryview) -> None:
+        """Fill ``out`` (hi - lo bytes) with bytes [lo, hi) of ``block``."""
+        run_plan(self.plan_block(block, lo, hi, out), block)
 
     def readinto(self, offset: int, buffer) -> int:
         """Read len(buffer) bytes at ``offset`` into a writable buffer; returns the count."""

@@ -171,6 +171,7 @@ class VHDImage:
         self.spb = bs // fmt.SECTOR_SIZE
         self.full_bits = (1 << self.spb) - 1
         self.bitmap_size = fmt.round_up(-(-self.spb // 8), fmt.SECTOR_SIZE)
+        self._full_bitmap = fmt.int_to_bitmap(self.full_bits, self.bitmap_size)
         entries = header.max_table_entries
         needed = -(-footer.current_size // bs)
         if entries < needed:
@@ -345,10 +346,19 @@ class VHDImage:
             return self.full_bits if count == self.spb else (1 << count) - 1
         bits = self._bitmaps.get(block)
         if bits is None:
-            if block >= len(self.bat) or self.bat[block] == fmt.UNUSED:
+            bat = self.bat
+            if block >= len(bat) or (entry := bat[block]) == fmt.UNUSED:
                 return 0
-            raw = os.pread(self.fd, self.bitmap_size, self.bat[block] * fmt.SECTOR_SIZE)
-            bits = fmt.bitmap_to_int(raw) & self.full_bits
+            raw = os.pread(self.fd, self.bitmap_size, entry * fmt.SECTOR_SIZE)
+            if raw == self._full_bitmap:  # the usual case: no decoding
+                bits = self.full_bits
+            elif len(raw) != self.bitmap_size:
+                raise VHDError(
+                    f"{self.path}: short read of the bitmap of block {block} (file changed under us?)",
+                    path=self.path,
+                )
+            else:
+                bits = fmt.bitmap_to_int(raw) & self.full_bits
             if len(self._bitmaps) > 4096:
                 self._bitmaps.clear()
             self._bitmaps[block] = bits

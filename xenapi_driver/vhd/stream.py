@@ -10,15 +10,22 @@ copy of the base gives the leaf's contents.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
+from collections.abc import Iterator
 
 from . import format as fmt
-from .chain import give_buffer, open_chain, take_buffer
+from .chain import Chain, give_buffer, open_chain, run_plan, take_buffer
 from .errors import VHDError, VHDFormatError
 from .ops import resize
 
 _FULL_BITMAP = fmt.int_to_bitmap(fmt.FULL_BITMAP)
 _ZERO_BLOCK = bytes(fmt.BLOCK_SIZE)
+# Block data starts one page into the (page-aligned) buffer, so the kernel copies
+# into page-aligned memory; the full sector bitmap sits in the 512 bytes before it.
+_DATA_START = mmap.PAGESIZE
+_PLAN_BATCH = 64
 
 
 def _write_all(out, data) -> int:
@@ -82,11 +89,37 @@ def _check_trailer(src, pos: int, expected: int) -> None:
         raise VHDFormatError(f"VHD stream is truncated or damaged: {exc}") from None
 
 
-def export_vhd_stream(path: str, out_fileobj, base_path: str | None = None) -> int:
-    """Write the chain ending at ``path`` as one dynamic VHD stream; returns bytes written.
+def _fill_blocks(chain: Chain, blocks: list[int], data: memoryview) -> Iterator[int]:
+    """Read each of ``blocks`` in turn into ``data`` (one block long); yield after each.
 
-    With ``base_path`` (a member of the chain) only blocks allocated above the base
-    are sent, each with its full flattened contents.
+    Bytes past the virtual size in the last block are zeros.  Blocks are
+    planned a batch at a time (bitmaps, run lists) before their reads: each
+    2 MiB copy evicts the CPU caches, so planning between copies would run cold.
+    """
+    bs = chain.block_size
+    size = chain.virtual_size
+    plan_block = chain.plan_block
+    for i in range(0, len(blocks), _PLAN_BATCH):
+        batch = blocks[i : i + _PLAN_BATCH]
+        plans = []
+        for block in batch:
+            n = min(bs, size - block * bs)
+            plan = plan_block(block, 0, n, data[:n])
+            if n < bs:
+                plan.append((-1, data[n:], 0, bs - n, None))
+            plans.append(plan)
+        for block, plan in zip(batch, plans, strict=True):
+            run_plan(plan, block)
+            yield block
+
+
+def iter_vhd_stream(path: str, base_path: str | None = None) -> Iterator[memoryview | bytes]:
+    """Yield the chain ending at ``path`` as one dynamic VHD stream, piece by piece.
+
+    With ``base_path`` (a member of the chain) only blocks allocated above the
+    base are sent, each with its full flattened contents.  Each piece is
+    valid only until the next is requested (the block buffer is reused), so
+    write it out before asking for more.
     """
     with open_chain(path, writable=False) as chain:
         bs = chain.block_size
@@ -118,25 +151,35 @@ def export_vhd_stream(path: str, out_fileobj, base_path: str | None = None) -> i
             geometry=fmt.chs_geometry(size),
         )
         raw_footer = footer.pack()
-        total = _write_all(out_fileobj, raw_footer + header.pack() + bat)
-        buf = take_buffer(span)
+        bat[:0] = raw_footer + header.pack()
+        yield bat
+        buf = take_buffer()
         try:
-            buf[: fmt.BITMAP_SIZE] = _FULL_BITMAP
-            with memoryview(buf)[:span] as view:
-                for block in blocks:
-                    start = block * bs
-                    n = min(bs, size - start)
-                    if n < bs:
-                        view[fmt.BITMAP_SIZE :] = _ZERO_BLOCK
-                    chain.readinto(start, view[fmt.BITMAP_SIZE : fmt.BITMAP_SIZE + n])
-                    total += _write_all(out_fileobj, view)
+            # Each piece is the block's (full) sector bitmap followed by its data.
+            buf[_DATA_START - fmt.BITMAP_SIZE : _DATA_START] = _FULL_BITMAP
+            with memoryview(buf) as whole:
+                piece = whole[_DATA_START - fmt.BITMAP_SIZE : _DATA_START + bs]
+                for _ in _fill_blocks(chain, blocks, whole[_DATA_START : _DATA_START + bs]):
+                    yield piece
         finally:
             give_buffer(buf)
-        total += _write_all(out_fileobj, raw_footer)
-        flush = getattr(out_fileobj, "flush", None)
-        if flush:
-            flush()
-        return total
+        yield raw_footer
+
+
+def export_vhd_stream(path: str, out_fileobj, base_path: str | None = None) -> int:
+    """Write the chain ending at ``path`` as one dynamic VHD stream; returns bytes written.
+
+    With ``base_path`` (a member of the chain) only blocks allocated above the base
+    are sent, each with its full flattened contents.
+    """
+    total = 0
+    with contextlib.closing(iter_vhd_stream(path, base_path)) as pieces:
+        for piece in pieces:
+            total += _write_all(out_fileobj, piece)
+    flush = getattr(out_fileobj, "flush", None)
+    if flush:
+        flush()
+    return total
 
 
 def import_vhd_stream(in_fileobj, path: str) -> int:
