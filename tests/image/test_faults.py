@@ -128,3 +128,29 @@ def test_glance_goes_away_before_the_data(handler, conf, sim, session, context, 
         sim, session, context, sr_ref, sr_dir, image_id, nova_exception.GlanceConnectionFailed, ".",
         image_api=_DiesAfterMetadata(server),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("container", ["ovf", "bare"])
+def test_corrupt_download_is_refused(
+    handler, sim, session, context, glance, sr_ref, sr_dir, tmp_path, container
+):
+    """Bytes that do not match Glance's sha512 (its os_hash_value) never become a disk."""
+    paths, _ = make_chain(tmp_path / "c", depth=1)
+    data = chain_tgz(paths) if container == "ovf" else paths[0].read_bytes()
+    image_id = glance.add(data, "vhd", container)
+    glance.images[image_id]["os_hash_value"] = "0" * 128
+    assert_refused(
+        sim, session, context, sr_ref, sr_dir, image_id, nova_exception.ImageUnacceptable, "sha512 is"
+    )
+
+
+def test_md5_is_checked_only_without_the_multihash(
+    handler, sim, session, context, glance, sr_ref, sr_dir, tmp_path
+):
+    data, _ = plain_vhd(tmp_path / "p")
+    image_id = glance.add(data, "vhd", "bare")
+    glance.images[image_id]["checksum"] = "0" * 32  # not looked at: the sha512 is there and right
+    assert boot(session, context, sr_ref, image_id)
+    older = glance.add(data, "vhd", "bare")  # as an older Glance records it: MD5 only
+    glance.images[older].update(os_hash_algo=None, os_hash_value=None, checksum="0" * 32)
+    assert_refused(sim, session, context, sr_ref, sr_dir, older, nova_exception.ImageUnacceptable, "md5 is")

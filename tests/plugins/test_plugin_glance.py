@@ -205,6 +205,57 @@ def test_retries_exhausted(dom0, glance, tmp_path):
     assert sr_files(dom0) == before
 
 
+def _log(sandbox) -> str:
+    return (sandbox.root / "var" / "log" / "xenapi-driver-plugins.log").read_text()
+
+
+@pytest.mark.parametrize("container", ["bare", "ovf"])
+def test_download_verifies_glances_sha512_before_its_md5(dom0, glance, tmp_path, container):
+    """Glance's multihash (sha512) is what is checked: a wrong one refuses the image, a wrong MD5 does not."""
+    paths, content = build_chain(tmp_path, levels=1)
+    data = paths[0].read_bytes() if container == "bare" else tgz_of(paths)
+    image_id = glance.add(data, "vhd", container)
+    glance.images[image_id]["checksum"] = "0" * 32  # ignored: the stronger hash is there
+    result = download(dom0, glance, image_id)
+    assert read_leaf(dom0, result["root"]["uuid"]) == content
+    assert (
+        f"image {image_id} ({len(data)} bytes, {'vhd' if container == 'bare' else 'tgz'}, sha512 verified)"
+        in _log(dom0)
+    )
+
+    corrupt = glance.add(data, "vhd", container)
+    glance.images[corrupt]["os_hash_value"] = "f" * 128
+    before = sr_files(dom0)
+    with pytest.raises(XapiError) as err:
+        download(dom0, glance, corrupt, retries="1")
+    assert err.value.code == "GLANCE_BAD_IMAGE"
+    assert "sha512 is " in err.value.params[0] and "Glance recorded " + "f" * 128 in err.value.params[0]
+    assert "in each of 2 attempts" in err.value.params[0]
+    assert sr_files(dom0) == before and staging_leftovers(dom0) == []
+
+
+def test_download_verifies_md5_without_a_usable_multihash(dom0, tmp_path):
+    """An older Glance (no os_hash_*) or an algorithm dom0 lacks: the MD5 checksum is checked."""
+    glance = GlanceServer(hash_algo=None)
+    try:
+        raw = os.urandom(3 * MiB)
+        image_id = glance.add(raw, "raw", "bare")
+        download(dom0, glance, image_id)
+        assert f"({len(raw)} bytes, raw, md5 verified)" in _log(dom0)
+        unknown = glance.add(raw, "raw", "bare")
+        glance.images[unknown].update(os_hash_algo="no-such-hash", os_hash_value="ab")
+        download(dom0, glance, unknown)
+        assert "cannot compute Glance's no-such-hash hash" in _log(dom0)
+        glance.images[unknown]["checksum"] = "0" * 32
+        before = sr_files(dom0)
+        with pytest.raises(XapiError) as err:
+            download(dom0, glance, unknown, retries="0")
+        assert err.value.code == "GLANCE_BAD_IMAGE" and "md5 is " in err.value.params[0]
+        assert sr_files(dom0) == before
+    finally:
+        glance.stop()
+
+
 def test_unreachable_endpoint(dom0):
     with pytest.raises(XapiError) as err:
         call(

@@ -91,7 +91,7 @@ class StreamHandler:
         size = int(meta.get("size") or 0)
         if size <= 0:
             raise errors.bad_image(image_id, "Glance reports no data for it (size 0)")
-        reader = ReadAhead(self.image_api.chunks(context, image_id))
+        reader = ReadAhead(self.image_api.chunks(context, image_id, meta))
         chunks = iter(reader)
         progress = Progress(f"download of image {image_id}", size)
         made: list[str] = []
