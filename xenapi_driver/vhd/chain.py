@@ -24,6 +24,8 @@ _POOL: list = []
 _TRASH = memoryview(mmap.mmap(-1, fmt.BLOCK_SIZE))
 _MAX_GAP = 16 * 1024  # merging bigger holes copies more than a second system call costs
 _MAX_IOV = 500
+_SHIFT = fmt.SECTOR_SHIFT
+_SECTOR_MASK = fmt.SECTOR_SIZE - 1
 
 
 def take_buffer(size: int = BUFFER_SIZE):
@@ -179,22 +181,27 @@ class Chain:
 
         Returns a list of ``(fd, iov, file_offset, length, layer)`` for
         :func:`run_plan`; ``fd`` -1 marks a run of zeros (``iov`` is then the
-        view to clear).  Planning (bitmaps, run lists) is kept apart from the
-        reads so a streaming export can plan block N+1 while a helper thread
-        copies block N.  The common cases (the whole range held by one layer, or
-        one run per layer) cost one preadv per layer.
+        view to clear).  Keeping the planning (bitmaps, run lists) apart from
+        the copies lets a streaming export plan a batch of blocks while their
+        metadata is hot in the CPU caches.  The common cases (the whole range
+        held by one layer, or one run per layer) cost one preadv per layer.
+        Sector masks are 4096-bit ints, so each operation on them counts:
+        whole-block bitmaps skip the masking.
         """
-        first = lo >> fmt.SECTOR_SHIFT
-        last = (hi + fmt.SECTOR_SIZE - 1) >> fmt.SECTOR_SHIFT
+        first = lo >> _SHIFT
+        last = (hi + _SECTOR_MASK) >> _SHIFT
         want = whole = ((1 << (last - first)) - 1) << first
         plan = []
         for layer in self.layers:
             bits = layer.block_bits(block)
             if not bits:
                 continue
-            take = want & bits
-            if not take:
-                continue
+            if bits == layer.full_bits:
+                take = want  # the layer holds every sector still wanted
+            else:
+                take = want & bits
+                if not take:
+                    continue
             base = layer.data_offset(block)
             if take == whole:
                 return [(layer.fd, [out], base + lo, hi - lo, layer)]
@@ -202,13 +209,16 @@ class Chain:
             top = take + low
             if not top & take:
                 # A single run of sectors (the usual case): no run list to build.
-                a = max((low.bit_length() - 1) << fmt.SECTOR_SHIFT, lo)
-                b = min((top.bit_length() - 1) << fmt.SECTOR_SHIFT, hi)
+                a = (low.bit_length() - 1) << _SHIFT
+                b = (top.bit_length() - 1) << _SHIFT
+                if a < lo:
+                    a = lo
+                if b > hi:
+                    b = hi
                 plan.append((layer.fd, [out[a - lo : b - lo]], base + a, b - a, layer))
             else:
                 runs = [
-                    (max(start << fmt.SECTOR_SHIFT, lo), min(end << fmt.SECTOR_SHIFT, hi))
-                    for start, end in fmt.bit_runs(take)
+                    (max(start << _SHIFT, lo), min(end << _SHIFT, hi)) for start, end in fmt.bit_runs(take)
                 ]
                 span_start, span_end = runs[0][0], runs[-1][1]
                 gaps = span_end - span_start - sum(b - a for a, b in runs)
@@ -225,12 +235,14 @@ class Chain:
                     plan.append((layer.fd, iov, base + span_start, span_end - span_start, layer))
                 else:
                     plan.extend((layer.fd, [out[a - lo : b - lo]], base + a, b - a, layer) for a, b in runs)
+            if take is want:
+                return plan
             want ^= take
             if not want:
                 return plan
         for start, end in fmt.bit_runs(want):
-            a = max(start << fmt.SECTOR_SHIFT, lo)
-            b = min(end << fmt.SECTOR_SHIFT, hi)
+            a = max(start << _SHIFT, lo)
+            b = min(end << _SHIFT, hi)
             plan.append((-1, out[a - lo : b - lo], 0, b - a, None))
         return plan
 
