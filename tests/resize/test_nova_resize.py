@@ -6,7 +6,8 @@ and pytest breaks their mock decorators (tests/nova/README.md). The child runs
 ``xenapi_nova_tests._runner`` and writes a JSON report this test reads.
 
 All rsync-transport tests run; the xapi transport runs cold-migrate/revert/confirm
-(the transport is the only difference; test_resize_flow covers both in depth).
+(the transport is the only difference; test_resize_flow covers both in depth);
+the same-host class resizes on the only compute (no transport involved).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ MODULE = "nova_resize.test_functional_resize"
 NAMES = [
     f"{MODULE}.XenAPIResizeRsyncTest",
     f"{MODULE}.XenAPIResizeXapiTest.test_cold_migrate_then_confirm_and_revert",
+    f"{MODULE}.XenAPISameHostResizeTest",
 ]
 
 
@@ -56,6 +58,6 @@ def test_resize_through_novas_rest_api(tmp_path: Path) -> None:
             f"{len(problems)} of {report['tests_run']} failed:\n{details}\n--- tail ---\n{tail}",
             pytrace=False,
         )
-    assert report["tests_run"] == 6
+    assert report["tests_run"] == 8
     if len(report["skipped"]) == report["tests_run"]:
         pytest.skip("; ".join(sorted({s["reason"] for s in report["skipped"]})))

@@ -26,12 +26,13 @@ from xenapi_nova_tests.simulator_fixture import BlankImageSource, XenServerConfF
 MiB = 1024**2
 
 
-class _Resize:
-    """The tests; a mixin so that unittest's loader runs them only through the classes below."""
+class _Harness:
+    """Computes on simulated hosts and XAPI-side views; a mixin, run through the classes below."""
 
     compute_driver = "xenapi.XenAPIDriver"
     transport = "rsync"
     simulator = None
+    compute_count = 2  # host0 (pool 0) and host1 (pool 1)
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -65,7 +66,7 @@ class _Resize:
         self.flags(migration_transport=self.transport, group="xenserver")
         self.hosts = {}
         self.nodes = {}
-        for index in (0, 1):
+        for index in range(self.compute_count):
             add_network(sim, "br-int", pool=index)
             fixture = XenServerConfFixture(self, sim, pool=index)
             fixture.setUp()  # flags for this compute's driver; it connects in init_host
@@ -151,7 +152,9 @@ class _Resize:
                     "DISK_GB": fl["disk"] + fl.get("OS-FLV-EXT-DATA:ephemeral", 0)}  # fmt: skip
         self.assertEqual(expected, self._get_allocations_by_server_uuid(server["id"])[rp]["resources"])
 
-    # -- the tests ---------------------------------------------------------------
+
+class _Resize(_Harness):
+    """Between two computes (two pools): the tests run for each transport."""
 
     def test_resize_up_then_confirm(self) -> None:
         server, digest = self._boot()
@@ -216,3 +219,70 @@ class XenAPIResizeRsyncTest(_Resize, integrated_helpers.ProviderUsageBaseTestCas
 @unittest.skipIf(xenapi_suite_skip_reason(), xenapi_suite_skip_reason())
 class XenAPIResizeXapiTest(_Resize, integrated_helpers.ProviderUsageBaseTestCase):
     transport = "xapi"
+
+
+class _SameHost(_Harness):
+    """The only compute is this host: Nova resizes in place (``allow_resize_to_same_host``)."""
+
+    compute_count = 1
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.flags(allow_resize_to_same_host=True)
+
+    def _usage_is(self, flavor: str) -> None:
+        fl = self.api.get_flavor(flavor)
+        self.assertRequestMatchesUsage(
+            {"VCPU": fl["vcpus"], "MEMORY_MB": fl["ram"], "DISK_GB": fl["disk"]},
+            self._get_provider_uuid_by_host(self.nodes["host0"]),
+        )
+
+    def _sr_vdis(self) -> set[str]:
+        """The visible VDIs of host0's SR after a scan (its garbage collector ran)."""
+        pool, driver = self.hosts["host0"]
+        sr_ref = driver.hostops.instance_sr()
+        driver._session.call_xenapi("SR.scan", sr_ref)
+        return {
+            rec["uuid"]
+            for rec in (pool.db.get("VDI", ref) for ref in pool.db.all("VDI"))
+            if rec["SR"] == sr_ref and rec["managed"]
+        }
+
+    def _root_gb(self, server: dict[str, Any]) -> float:
+        from xenapi_driver import vhd
+
+        return vhd.info(str(self._root_path(server))).virtual_size / 1024**3
+
+    def test_same_host_resize_up_then_confirm(self) -> None:
+        server, digest = self._boot()
+        before = self._sr_vdis()
+        server = self._resize_server(server, self.big)
+        self._assert_on(server, "host0", self.big, digest, kept=True)
+        self.assertEqual(2, len(self._vms(server["id"])["host0"]))  # the new VM and the kept original
+        self.assertEqual(2, self._root_gb(server))
+        server = self._confirm_resize(server)
+        self._assert_on(server, "host0", self.big, digest, kept=False)
+        self.assertEqual(1, len(self._vms(server["id"])["host0"]))
+        self._usage_is(self.big)
+        # the original's disk and the resize's clones are gone; the disk reads back after the GC
+        self.assertEqual(len(before), len(self._sr_vdis()))
+        self.assertFalse(before & self._sr_vdis())
+        self.assertEqual(digest, self._digest(server))
+
+    def test_same_host_resize_then_revert(self) -> None:
+        server, digest = self._boot()
+        before = self._sr_vdis()
+        server = self._resize_server(server, self.big)
+        self._assert_on(server, "host0", self.big, digest, kept=True)
+        server = self._revert_resize(server)
+        self._assert_on(server, "host0", self.small, digest, kept=False)
+        self.assertEqual(1, len(self._vms(server["id"])["host0"]))
+        self.assertEqual(1, self._root_gb(server))
+        self._usage_is(self.small)
+        self.assertEqual(before, self._sr_vdis())  # the clones are gone, the original's disk is back
+        self.assertEqual(digest, self._digest(server))
+
+
+@unittest.skipIf(xenapi_suite_skip_reason(), xenapi_suite_skip_reason())
+class XenAPISameHostResizeTest(_SameHost, integrated_helpers.ProviderUsageBaseTestCase):
+    transport = "rsync"
