@@ -438,6 +438,12 @@ def test_vhd_identities_reports_only_hidden_intact_vhds(dom0):
     # by unique id: only the matching base copy, the rest of the SR is not reported
     only = _identities(dom0, unique_ids=[middle["unique_id"]])
     assert [v["vdi_uuid"] for v in only["vhds"]] == [uuids[1]]
+    # a hidden copy nothing depends on is garbage the next SR scan deletes: not reported
+    orphan = str(uuid.uuid4())
+    shutil.copy2(path, dom0.sr_path() / f"{orphan}.vhd")
+    again = _identities(dom0, unique_ids=[middle["unique_id"]])
+    assert [v["vdi_uuid"] for v in again["vhds"]] == [uuids[1]]
+    assert [(i["vdi_uuid"], "no children" in i["reason"]) for i in again["ignored"]] == [(orphan, True)]
 
 
 @pytest.mark.parametrize("where", ["footer", "footer_copy", "header"])
