@@ -8,6 +8,9 @@ import pytest
 
 from xenapi_driver import vhd
 from xenapi_driver.vhd import cli
+from xenapi_driver.vhd import format as fmt
+
+MiB = 1024 * 1024
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -164,3 +167,84 @@ def test_module_entry_point(sr):
         [sys.executable, "-m", "xenapi_driver.vhd.cli", "bogus"], env=env, capture_output=True, timeout=60
     )
     assert proc.returncode == 22
+
+
+# -- query -m: blktap's marker byte ------------------------------------------------
+def _xattrs_supported(path) -> bool:
+    try:
+        os.setxattr(path, "user.xenapi-driver-probe", b"1")
+    except OSError:
+        return False
+    os.removexattr(path, "user.xenapi-driver-probe")
+    return True
+
+
+def test_query_marker_defaults_to_zero_in_vhd_util_order(sr, capsys):
+    base = str(sr / "base.vhd")
+    run(capsys, "create", "-n", base, "-s", "2")
+    assert run(capsys, "query", "-n", base, "-m") == (0, "marker: 0\n")
+    # -m sits between -f and -d in vhd-util's fixed order, whatever order it is given in.
+    phys = vhd.info(base).physical_size
+    expected = f"2\n{phys}\n{base} has no parent\nhidden: 0\nmarker: 0\nchain depth: 1\n"
+    assert run(capsys, "query", "-n", base, "-dmfpsv") == (0, expected)
+    assert run(capsys, "query", "-n", base, "-m", "-d", "-v") == (0, "2\nmarker: 0\nchain depth: 1\n")
+    assert "-m print marker" in run(capsys, "query", "-h")[1]
+
+
+@pytest.mark.parametrize(("value", "printed"), [(b"\x01", 1), (b"\x7f", 127), (b"\xff", -1), (b"", 0)])
+def test_query_marker_from_the_xattr_without_a_batmap(sr, capsys, value, printed):
+    """Our files carry no batmap (creator version 1.1), so blktap keeps the marker in an xattr."""
+    path = str(sr / "a.vhd")
+    run(capsys, "create", "-n", path, "-s", "2")
+    if not _xattrs_supported(path):
+        pytest.skip("filesystem without user xattrs")
+    os.setxattr(path, cli.MARKER_XATTR, value)
+    assert run(capsys, "query", "-n", path, "-m") == (0, f"marker: {printed}\n")
+
+
+def test_query_marker_xattr_too_long_is_an_error(sr, capsys):
+    path = str(sr / "a.vhd")
+    run(capsys, "create", "-n", path, "-s", "2")
+    if not _xattrs_supported(path):
+        pytest.skip("filesystem without user xattrs")
+    os.setxattr(path, cli.MARKER_XATTR, b"\x01\x02")
+    code, out = run(capsys, "query", "-n", path, "-v", "-m", "-d")
+    assert (code, out) == (34, "2\nerror checking 'marker' field: -34\nchain depth: 1\n")
+
+
+def _with_batmap(sr, name: str, creator_version: int, marker: int, cookie: bytes = b"tdbatmap") -> str:
+    """A 4 MiB dynamic VHD whose BAT is followed by a blktap batmap header (marker at byte 28)."""
+    path = sr / name
+    vhd.create_dynamic(path, 4 * MiB)
+    raw = path.read_bytes()
+    footer = fmt.Footer.unpack(raw[: fmt.FOOTER_SIZE])
+    header = fmt.Header.unpack(raw[fmt.FOOTER_SIZE : fmt.FOOTER_SIZE + fmt.HEADER_SIZE])
+    bat_end = header.table_offset + fmt.round_up(4 * header.max_table_entries, fmt.SECTOR_SIZE)
+    assert len(raw) == bat_end + fmt.FOOTER_SIZE  # empty disk: the trailing footer follows the BAT
+    footer.creator_version = creator_version
+    packed = footer.pack()
+    batmap = (
+        cookie
+        + (bat_end + fmt.SECTOR_SIZE).to_bytes(8, "big")  # the map follows its header
+        + (1).to_bytes(4, "big")  # one sector
+        + (0x00010002).to_bytes(4, "big")
+        + (0xFFFFFFFF).to_bytes(4, "big")  # ~sum of an all-zero map
+        + marker.to_bytes(1, "big", signed=True)
+    ).ljust(fmt.SECTOR_SIZE, b"\0")
+    path.write_bytes(packed + raw[fmt.FOOTER_SIZE : bat_end] + batmap + bytes(fmt.SECTOR_SIZE) + packed)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("version", "cookie", "expected"),
+    [
+        (0x00010002, b"tdbatmap", "marker: 5"),  # 1.2 and later: the batmap is assumed
+        (0x00010003, b"tdbatmap", "marker: -3"),
+        (0x00010001, b"tdbatmap", "marker: 5"),  # 1.1: used when a valid batmap header is there
+        (0x00010001, b"notbatmp", "marker: 0"),  # 1.1 without one: the (unset) xattr
+    ],
+)
+def test_query_marker_from_the_batmap_header(sr, capsys, version, cookie, expected):
+    marker = -3 if version == 0x00010003 else 5
+    path = _with_batmap(sr, "m.vhd", version, marker, cookie)
+    assert run(capsys, "query", "-n", path, "-m", "-v") == (0, f"4\n{expected}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import getopt
+import os
 import sys
 
 from . import format as fmt
@@ -28,7 +29,7 @@ COMMAND_USAGE = {
     "snapshot": "options: <-n name> <-p parent> [-l limit, ignored] [-h help]",
     "query": (
         "options: <-n name> [-v print virtual size (in MB)] [-s print physical utilization (bytes)] "
-        "[-p print parent] [-f print fields] [-d print chain depth] [-h help]"
+        "[-p print parent] [-f print fields] [-m print marker] [-d print chain depth] [-h help]"
     ),
     "check": "options: <-n name> [-p check parents] [-i ignore, accepted] [-h help]",
     "modify": "options: <-n name> <-p parent> [-h help]",
@@ -41,7 +42,7 @@ COMMAND_USAGE = {
 OPTSTRINGS = {
     "create": "n:s:rS:h",
     "snapshot": "n:p:l:S:h",
-    "query": "n:vspfdh",
+    "query": "n:vspfmdh",
     "check": "n:piIbh",
     "modify": "n:p:h",
     "repair": "n:h",
@@ -51,8 +52,52 @@ OPTSTRINGS = {
 }
 
 
+# Where blktap keeps its one-byte "marker" when a VHD has no batmap to hold it.
+MARKER_XATTR = "user.com.citrix.xenclient.backend.marker"
+_BATMAP_COOKIE = b"tdbatmap"
+_BATMAP_MARKER_OFFSET = 28  # cookie 8, batmap offset 8, size 4, version 4, checksum 4
+_BATMAP_MAX_VERSION = 0x00010002
+
+
 class UsageError(Exception):
     pass
+
+
+def _has_batmap(image: VHDImage) -> bool:
+    """blktap's test: "tap" dynamic disks from creator version 1.2 on always have a batmap;
+    version 1.1 ones have one only if a valid batmap header follows the BAT."""
+    footer = image.footer
+    if image.header is None or footer.creator_app != fmt.CREATOR_APP or footer.creator_version <= 0x00000001:
+        return False
+    if footer.creator_version >= 0x00010002:
+        return True
+    raw = os.pread(image.fd, 16, _batmap_header_offset(image))
+    return raw[:8] == _BATMAP_COOKIE and int.from_bytes(raw[12:16], "big") <= _BATMAP_MAX_VERSION
+
+
+def _batmap_header_offset(image: VHDImage) -> int:
+    return image.header.table_offset + fmt.round_up(4 * image.header.max_table_entries, fmt.SECTOR_SIZE)
+
+
+def _marker(image: VHDImage) -> int:
+    """The marker byte vhd-util -m prints (as a signed char): from the batmap header when the
+    file has a batmap, else from the file's MARKER_XATTR (0 when unset or unsupported).
+    Raises OSError as blktap fails: short batmap header, or an xattr longer than one byte."""
+    if _has_batmap(image):
+        raw = os.pread(image.fd, fmt.SECTOR_SIZE, _batmap_header_offset(image))
+        if len(raw) != fmt.SECTOR_SIZE:
+            raise OSError(errno.EIO, "short read of the batmap header")
+        value = raw[_BATMAP_MARKER_OFFSET : _BATMAP_MARKER_OFFSET + 1]
+    else:
+        try:
+            value = os.getxattr(image.fd, MARKER_XATTR)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+                return 0
+            raise
+        if len(value) > 1:
+            raise OSError(errno.ERANGE, "marker attribute is longer than one byte")
+    return int.from_bytes(value, "big", signed=True) if value else 0
 
 
 def _fail(exc: VHDError) -> int:
@@ -93,6 +138,13 @@ def _query(name: str, opts: dict[str, str]) -> int:
                     err = err or exc.errno or errno.EINVAL
         if "-f" in opts:
             print(f"hidden: {image.footer.hidden}")
+        if "-m" in opts:
+            try:
+                print(f"marker: {_marker(image)}")
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+                print(f"error checking 'marker' field: {-code}")
+                err = err or code
         if "-d" in opts:
             try:
                 layers, _ = walk_chain(name, verify=False)
