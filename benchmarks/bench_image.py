@@ -1,24 +1,49 @@
 #!/usr/bin/env python3
-"""First-boot and cached-boot time of an image, as ratios to ``cp`` of the same bytes.
+"""First-boot and cached-boot time of an image, as ratios to baselines measured in the same run.
 
 Why: booting from an image is dominated by moving its bytes once; after that,
 the SR image cache must make every further boot a constant-time clone. Times
 are machine-dependent, so each is reported as a ratio to a baseline measured
-in the same run: ``cp`` of the image file on the same file system for the
-first boot, and the cached boot of a 64 MiB image for the cached boot.
+in the same run.
 
 Set-up, all real parts: the XAPI simulator in its own process (subprocess
-mode), a loopback Glance in its own process, Nova's image API
-(glanceclient) in this one, the real dom0 ``glance`` plug-in for
-``direct_vhd``. The image is a dynamic VHD (``vhd``/``bare``) with
-``--fill`` of its blocks allocated (sparse-friendly generation).
+mode), the loopback Glance (``tests/glance_server.py``, recording MD5
+``checksum`` and sha512 ``os_hash_value`` as Glance does) in its own process,
+Nova's image API (glanceclient) in this one, the real dom0 ``glance`` plug-in
+for ``direct_vhd`` (run by dom0's interpreter, Python 3.6 when the machine has
+one). The image is a dynamic VHD (``vhd``/``bare``) with ``--fill`` of its
+blocks allocated (random data).
 
-Goals (issue 7): first boot within 1.3x of ``cp``; cached boot of the big
-image / cached boot of 64 MiB under 1.2. Also reported: the first boot as a
-ratio to only fetching the image with Nova's image API (glanceclient, with
-its checksum), the part of a first boot no driver can avoid.
+Issue 7's goals: first boot within 1.3x of ``cp`` of the same bytes; cached
+boot of the big image / cached boot of 64 MiB under 1.2.
 
-Usage: ``python benchmarks/bench_image.py [--size 1G] [--fill 0.5] [--handler H ...] [--json]``
+What the first-boot goal means on a given machine: a first boot must also
+*verify* the image against the hash Glance recorded (an operator expects
+it; both handlers check Glance's ``os_hash_value``, sha512 by default, else
+its MD5 ``checksum``), and nothing can hash faster than one core running
+hashlib. ``cp`` through the page cache (copy_file_range) moves GB/s while
+hashlib hashes at hundreds of MB/s, so where hashing is several times slower
+than ``cp``, 1.3x ``cp`` cannot be met by any boot that verifies the image. So
+each first boot is printed as ratios to three baselines of the same run:
+
+* ``cp`` -- the issue's goal (1.3);
+* the integrity floor, ``max(cp, hash)``: ``hash`` is one thread hashing the
+  image's bytes (already in memory) with the algorithm that boot verifies, in
+  the interpreter that verifies it (this one for ``vdi_remote_stream``; dom0's
+  for ``direct_vhd``);
+* the Glance fetch alone: reading and verifying the image with the image
+  layer's fetch (``ImageAPI.chunks``, hashing on a helper thread), the part of
+  a first boot no handler avoids. Nova's stock fetch (glanceclient, which
+  hashes on its reading thread) is reported beside it.
+
+A first boot also writes the image into the SR: the simulator's
+``import_raw_vdi`` fsyncs what it wrote, as XAPI's import is durable, so ``cp``
+followed by ``fsync`` of the copy is measured too (JSON ``cp_fsync_s``).
+Each baseline and first boot is the best of ``--repeats``; run the
+benchmark 2-3 times and report the spread, since other work on the machine
+moves every number.
+
+Usage: ``python benchmarks/bench_image.py [--size 1G] [--fill 0.5] [--handler H ...] [--repeats N] [--json]``
 """
 
 from __future__ import annotations
@@ -39,16 +64,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "image"))
 
 import nova.conf  # noqa: E402
 import nova.context  # noqa: E402
 
 from nova import objects  # noqa: E402
 from xenapi_driver import vhd  # noqa: E402
-from xenapi_driver.image import XenAPIImageSource  # noqa: E402
+from xenapi_driver.image import ImageAPI, XenAPIImageSource  # noqa: E402
+from xenapi_driver.image.verify import expected_digest  # noqa: E402
 from xenapi_driver.session import XenAPISession  # noqa: E402
 from xenapi_driver.simulator import api  # noqa: E402
+from xenapi_driver.simulator.dom0 import dom0_python  # noqa: E402
 
 CONF = nova.conf.CONF
 MiB = 1024**2
@@ -96,10 +122,55 @@ def cp_time(src: Path, workdir: Path) -> float:
     return elapsed
 
 
-def fetch_time(source: XenAPIImageSource, context: Any, image_id: str) -> float:
-    """Only reading the image from Glance with Nova's image API (what any driver must do)."""
+def cp_fsync_time(src: Path, workdir: Path) -> float:
+    """``cp`` and then ``fsync`` of the copy: a durable copy, as an SR import is."""
+    dest = workdir / f"cp-{uuid.uuid4()}"
     start = time.perf_counter()
-    for _ in source.image_api.chunks(context, image_id):
+    subprocess.run(["cp", str(src), str(dest)], check=True)
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - start
+    dest.unlink()
+    return elapsed
+
+
+_HASH = """
+import hashlib, sys, time
+with open(sys.argv[1], "rb") as handle:
+    data = handle.read()
+view = memoryview(data)
+start = time.perf_counter()
+digest = hashlib.new(sys.argv[2])
+for offset in range(0, len(data), 1 << 20):
+    digest.update(view[offset : offset + (1 << 20)])
+digest.hexdigest()
+print(time.perf_counter() - start)
+"""
+
+
+def hash_time(python: str, path: Path, algo: str) -> float:
+    """One thread of ``python`` hashing the file's bytes (read into memory first) with ``algo``."""
+    out = subprocess.run([python, "-c", _HASH, str(path), algo], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def fetch_time(image_api: Any, context: Any, image_id: str) -> float:
+    """Only reading (and verifying) the image from Glance, as the image layer does."""
+    start = time.perf_counter()
+    for _ in image_api.chunks(context, image_id):
+        pass
+    return time.perf_counter() - start
+
+
+def nova_fetch_time(context: Any, image_id: str) -> float:
+    """Nova's stock ``download`` (glanceclient checks the hash on its reading thread)."""
+    from nova.image import glance
+
+    start = time.perf_counter()
+    for _ in glance.API().download(context, image_id):
         pass
     return time.perf_counter() - start
 
@@ -147,27 +218,45 @@ def run(size: int, fill: float, handlers: list[str], repeats: int) -> dict[str, 
             "fill": fill,
             "handlers": {},
         }
+        big_id, small_id = info["ids"][str(big)], info["ids"][str(small)]
+        image_api = ImageAPI()
+        algo, _ = expected_digest(image_api.get(context, big_id))
+        results["verified_hash"] = algo
+        pythons = {"vdi_remote_stream": sys.executable, "vdi_local_dev": sys.executable}
+        pythons["direct_vhd"] = dom0_python()
         for handler in handlers:
             CONF.set_override("image_handler", handler, group="xenserver")
             source = XenAPIImageSource(session)
-            firsts, cps, fetches = [], [], []
+            python = pythons[handler]
+            firsts, cps, cp_syncs, hashes, fetches, nova_fetches = [], [], [], [], [], []
             for _ in range(repeats):
-                fetches.append(fetch_time(source, context, info["ids"][str(big)]))
+                cps.append(cp_time(big, workdir))
+                cp_syncs.append(cp_fsync_time(big, workdir))
+                hashes.append(hash_time(python, big, algo) if algo else 0.0)
+                fetches.append(fetch_time(image_api, context, big_id))
+                nova_fetches.append(nova_fetch_time(context, big_id))
                 # A fresh cache entry each round: forget the previous one.
                 for ref in source.cache.entries(sr_ref):
                     session.call_xenapi("VDI.set_other_config", ref, {})
-                cps.append(cp_time(big, workdir))
-                firsts.append(boot(source, context, sr_ref, info["ids"][str(big)]))
-            boot(source, context, sr_ref, info["ids"][str(small)])  # warm the small image's cache
-            cached_big = [boot(source, context, sr_ref, info["ids"][str(big)]) for _ in range(5)]
-            cached_small = [boot(source, context, sr_ref, info["ids"][str(small)]) for _ in range(5)]
-            first, cp, fetch = min(firsts), min(cps), min(fetches)
+                firsts.append(boot(source, context, sr_ref, big_id))
+            boot(source, context, sr_ref, small_id)  # warm the small image's cache
+            cached_big = [boot(source, context, sr_ref, big_id) for _ in range(5)]
+            cached_small = [boot(source, context, sr_ref, small_id) for _ in range(5)]
+            first, cp, hashed, fetch = min(firsts), min(cps), min(hashes), min(fetches)
+            floor = max(cp, hashed)
             results["handlers"][handler] = {
-                "cp_s": round(cp, 4),
-                "glance_fetch_s": round(fetch, 4),
-                "first_boot_ratio_to_glance_fetch": round(first / fetch, 2),
                 "first_boot_s": round(first, 4),
+                "first_boots_s": [round(t, 4) for t in firsts],
+                "cp_s": round(cp, 4),
+                "cp_fsync_s": round(min(cp_syncs), 4),
+                "hash_s": round(hashed, 4),
+                "hash_python": python,
+                "integrity_floor_s": round(floor, 4),
+                "glance_fetch_s": round(fetch, 4),
+                "nova_stock_fetch_s": round(min(nova_fetches), 4),
                 "first_boot_ratio_to_cp": round(first / cp, 2),
+                "first_boot_ratio_to_integrity_floor": round(first / floor, 2),
+                "first_boot_ratio_to_glance_fetch": round(first / fetch, 2),
                 "cached_boot_big_s": round(statistics.median(cached_big), 4),
                 "cached_boot_64MiB_s": round(statistics.median(cached_small), 4),
                 "cached_ratio_big_to_64MiB": round(
@@ -205,14 +294,20 @@ def main() -> int:
         print(json.dumps(results, indent=2))
         return 0
     print(
-        f"image: {results['image_bytes']} bytes (virtual {results['virtual_size']}, fill {results['fill']})"
+        f"image: {results['image_bytes']} bytes (virtual {results['virtual_size']}, fill {results['fill']}); "
+        f"boots verify its {results['verified_hash']}"
     )
     for handler, r in results["handlers"].items():
+        which = "dom0's" if handler == "direct_vhd" else "this"
         print(
             f"{handler:18} first boot {r['first_boot_s']:.3f}s = {r['first_boot_ratio_to_cp']:.2f}x cp "
-            f"({r['cp_s']:.3f}s) [goal 1.3], {r['first_boot_ratio_to_glance_fetch']:.2f}x Nova's Glance "
-            f"fetch alone ({r['glance_fetch_s']:.3f}s); "
-            f"cached boot {r['cached_boot_big_s'] * 1000:.1f} ms vs "
+            f"({r['cp_s']:.3f}s) [goal 1.3]; {r['first_boot_ratio_to_integrity_floor']:.2f}x the integrity "
+            f"floor max(cp, {results['verified_hash']} in {which} Python {r['hash_s']:.3f}s); "
+            f"{r['first_boot_ratio_to_glance_fetch']:.2f}x the Glance fetch alone "
+            f"({r['glance_fetch_s']:.3f}s; Nova's stock fetch {r['nova_stock_fetch_s']:.3f}s)"
+        )
+        print(
+            f"{'':18} cached boot {r['cached_boot_big_s'] * 1000:.1f} ms vs "
             f"{r['cached_boot_64MiB_s'] * 1000:.1f} ms for 64 MiB = "
             f"{r['cached_ratio_big_to_64MiB']:.2f} [goal 1.2]"
         )

@@ -53,21 +53,32 @@ def expected_digest(meta: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 class Digest:
-    """A hash computed on a helper thread: ``update`` queues immutable chunks, ``hexdigest`` waits."""
+    """A hash computed on a helper thread: ``update`` queues immutable chunks, ``hexdigest`` waits.
+
+    Only OpenSSL's hash objects release the GIL; with Python's built-in
+    fallbacks (a hashlib built without OpenSSL) a thread would only add
+    switching, so those hash inline.
+    """
 
     def __init__(self, algo: str, depth: int = 8) -> None:
         self.algo = algo
         self._hash = hashlib.new(algo)
+        self.threaded = type(self._hash).__name__ == "HASH"  # OpenSSL's
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._run, name=f"image-{algo}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if self.threaded:
+            self._thread = threading.Thread(target=self._run, name=f"image-{algo}", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not _END:
             self._hash.update(chunk)
 
     def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
+        if self._thread is None:
+            self._hash.update(chunk)
+        else:
+            self._queue.put(chunk)
 
     def hexdigest(self) -> str:
         """Wait until every queued chunk is hashed; the hex digest."""
@@ -75,9 +86,10 @@ class Digest:
         return self._hash.hexdigest()
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None:
             self._queue.put(_END)
             self._thread.join()
+            self._thread = None
 
 
 def verified(chunks: Iterable[bytes], meta: dict[str, Any]) -> Iterator[bytes]:
