@@ -14,14 +14,18 @@ Goal: ratio >= 0.8.
 Both sides read from a warm page cache, so the ratio measures our code, not
 the disk.  The cache is warmed the same way for every file: each file is
 synced, dropped from the cache (``posix_fadvise(DONTNEED)``) and read once
-sequentially, so its pages come back through the kernel's readahead, as they
-would for any disk image that was not written a moment ago.  Without this the
-comparison depends on how each file happened to be written: the plain file,
-written by 2 MiB-aligned 2 MiB writes, sits in the cache as 2 MiB folios,
-while VHD block data (4 KiB-aligned, after a 512-byte bitmap) is cached as
-many small folios, which costs the VHD side 5-10% for reasons that have
+sequentially, so its pages come back through the kernel's readahead.  That is
+also the state an export meets in XenServer, where blktap writes VHDs with
+O_DIRECT (the writer leaves nothing in the cache).  Without this the
+comparison depends on how the benchmark happened to write each file: the
+plain file, written by 2 MiB-aligned 2 MiB writes, sits in the cache wholly
+as 2 MiB folios, while VHD block data (4 KiB-aligned, after a 512-byte
+bitmap) written by the library is cached in folios of 1 MiB and less (as
+measured through /proc/kpageflags; after the rewarm every file is 88-97%
+2 MiB folios), which costs the VHD side 5-8% for reasons that have
 nothing to do with the VHD code (``--cache as-written`` measures that case).
-Timed runs alternate between the two sides and the best of each is kept.
+Timed runs alternate between the two sides; the ratio is of the best time of
+each, and the median of the per-round ratios shows how much load moved it.
 
     .venv/bin/python benchmarks/bench_vhd.py            # 1 GiB
     .venv/bin/python benchmarks/bench_vhd.py --size-mib 128
