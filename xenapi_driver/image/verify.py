@@ -10,9 +10,9 @@ catches accidents: collisions can be made on purpose.)
 Why a thread: hashing is the most expensive part of a download (hundreds of
 MB/s, against GB/s for loopback sockets and the page cache). glanceclient
 hashes each chunk on the thread that reads the next one, so a download takes
-*read + hash*. ``hashlib`` releases the GIL on buffers over 2 KiB, so hashing on
-a helper thread runs on another core while the reader reads and the writer
-writes: a download takes about *max(read, hash)*.
+*read + hash*. OpenSSL's ``hashlib`` releases the GIL on buffers over 2 KiB, so
+hashing on a helper thread runs on another core while the reader reads and the
+writer writes: a download takes about *max(read, hash)*.
 """
 
 from __future__ import annotations
@@ -53,32 +53,23 @@ def expected_digest(meta: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 class Digest:
-    """A hash computed on a helper thread: ``update`` queues immutable chunks, ``hexdigest`` waits.
-
-    Only OpenSSL's hash objects release the GIL; with Python's built-in
-    fallbacks (a hashlib built without OpenSSL) a thread would only add
-    switching, so those hash inline.
-    """
+    """A hash computed on a helper thread: ``update`` queues immutable chunks, ``hexdigest`` waits."""
 
     def __init__(self, algo: str, depth: int = 8) -> None:
         self.algo = algo
         self._hash = hashlib.new(algo)
-        self.threaded = type(self._hash).__name__ == "HASH"  # OpenSSL's
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._thread: threading.Thread | None = None
-        if self.threaded:
-            self._thread = threading.Thread(target=self._run, name=f"image-{algo}", daemon=True)
-            self._thread.start()
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name=f"image-{algo}", daemon=True
+        )
+        self._thread.start()
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not _END:
             self._hash.update(chunk)
 
     def update(self, chunk: bytes) -> None:
-        if self._thread is None:
-            self._hash.update(chunk)
-        else:
-            self._queue.put(chunk)
+        self._queue.put(chunk)
 
     def hexdigest(self) -> str:
         """Wait until every queued chunk is hashed; the hex digest."""
