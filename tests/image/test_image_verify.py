@@ -57,3 +57,11 @@ def test_abandoned_download_stops_the_hash_thread():
     next(chunks)
     chunks.close()  # a consumer that gives up: no error, no thread left waiting
     assert list(verify.verified(iter(DATA), {"id": "img-2"})) == DATA  # nothing to check against
+
+
+def test_a_failing_hash_never_blocks_the_reader_and_never_matches():
+    digest = verify.Digest("sha512", depth=2)
+    digest.update("not bytes")  # type: ignore[arg-type]  # hashlib raises TypeError on the helper thread
+    for chunk in DATA * 4:  # more than the queue holds: the helper keeps draining
+        digest.update(chunk)
+    assert digest.hexdigest().startswith("(hashing failed: ")

@@ -58,6 +58,7 @@ class Digest:
     def __init__(self, algo: str, depth: int = 8) -> None:
         self.algo = algo
         self._hash = hashlib.new(algo)
+        self.error: Exception | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread: threading.Thread | None = threading.Thread(
             target=self._run, name=f"image-{algo}", daemon=True
@@ -66,14 +67,20 @@ class Digest:
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not _END:
-            self._hash.update(chunk)
+            if self.error is None:
+                try:
+                    self._hash.update(chunk)
+                except Exception as exc:  # noqa: BLE001 - keep draining so the reader never blocks
+                    self.error = exc
 
     def update(self, chunk: bytes) -> None:
         self._queue.put(chunk)
 
     def hexdigest(self) -> str:
-        """Wait until every queued chunk is hashed; the hex digest."""
+        """Wait until every queued chunk is hashed; the hex digest (a note when hashing failed)."""
         self.close()
+        if self.error is not None:
+            return f"(hashing failed: {self.error})"
         return self._hash.hexdigest()
 
     def close(self) -> None:
