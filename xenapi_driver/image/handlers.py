@@ -53,27 +53,43 @@ _MEMBER_RE = re.compile(r"^(?:\./)?(0|[1-9][0-9]{0,4})\.vhd$")
 
 
 class _ChunkReader:
-    """A file object over an iterator of chunks (what ``tarfile``'s stream mode reads)."""
+    """A file object over an iterator of chunks (what ``tarfile``'s stream mode reads).
+
+    ``tarfile`` reads 10 KiB at a time: each read is a slice of the current
+    chunk, never a copy of what is left of it (that made a 1 MiB chunk cost
+    ~50 MiB of copying). A read may return less than asked (up to the end of
+    the current chunk); only the end of the data returns ``b""``.
+    """
 
     def __init__(self, chunks: Iterator[bytes], progress: Progress | None = None) -> None:
         self._chunks = chunks
-        self._buf = b""
+        self._piece = b""
+        self._pos = 0
         self._progress = progress
 
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buf) < n:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                break
+    def _next(self) -> bool:
+        for chunk in self._chunks:
             if self._progress:
                 self._progress.add(len(chunk))
-            self._buf += chunk
-        if n < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
-        return out
+            if chunk:
+                self._piece, self._pos = chunk, 0
+                return True
+        self._piece, self._pos = b"", 0
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [self._piece[self._pos :]]
+            while self._next():
+                parts.append(self._piece)
+            return b"".join(parts)
+        if self._pos >= len(self._piece) and not self._next():
+            return b""
+        start = self._pos
+        self._pos = min(len(self._piece), start + n)
+        if start == 0 and self._pos == len(self._piece):
+            return self._piece
+        return self._piece[start : self._pos]
 
 
 class StreamHandler:
