@@ -87,7 +87,18 @@ def check(session: Any, root: dict[str, Any], new_size: int, file_sr_types: froz
         )
     args = {"sr_path": f"/var/run/sr-mount/{sr['uuid']}", "vdi_uuid": root["rec"]["uuid"],
             "new_size": str(new_size)}  # fmt: skip
-    plan = _plugin(session, "shrink_check", args)
+    try:
+        plan = _plugin(session, "shrink_check", args)
+    except xexc.XenAPIError as exc:
+        # Not a refusal of the layout but dom0 could not look: still refused, nothing changed yet.
+        advice = (
+            "; install the dom0 plug-ins shipped with this driver ('xenapi-driver install-plugins')"
+            if exc.code in ("UNKNOWN_XENAPI_PLUGIN_FUNCTION", "XENAPI_MISSING_PLUGIN")
+            else ""
+        )
+        raise ShrinkRefused(
+            f"dom0 could not inspect the root disk ({exc.code} {' '.join(exc.params)[:300]}){advice}"
+        ) from None
     LOG.info("Resize down of root disk %s to %s bytes is possible: %s", root["rec"]["uuid"], new_size, plan)
     return plan
 

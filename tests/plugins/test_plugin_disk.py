@@ -265,6 +265,19 @@ def test_shrink_copy_writes_a_smaller_disk_with_the_same_files(dom0, tmp_path):
     assert os.listdir(dom0.path("/images")) == []
 
 
+def test_shrink_keeps_a_partition_that_already_fits(dom0, tmp_path):
+    """A 64 MiB partition on a 256 MiB disk shrunk to 128 MiB: the disk shrinks, the partition stays."""
+    files = {"etc/hostname": b"small\n", "data": os.urandom(2 * MiB)}
+    leaf = _root_chain(dom0, rdh.ext4_disk_pieces(tmp_path, SHRINK_DISK, files, part_size=64 * MiB))
+    new = str(uuid.uuid4())
+    result = json.loads(
+        call(dom0, "partition_utils", "shrink_copy",
+             **_shrink_args(dom0, leaf, new_vdi_uuid=new, instance_uuid=str(uuid.uuid4())))
+    )  # fmt: skip
+    assert result["new_partition_size"] == 64 * MiB // 512 and result["new_blocks"] == result["blocks"]
+    rdh.check_shrunk_disk(dom0.sr_path() / f"{new}.vhd", SHRINK_TO, files, tmp_path, part_size=64 * MiB)
+
+
 @pytest.mark.parametrize(
     ("layout", "words"),
     [

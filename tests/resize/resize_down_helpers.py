@@ -52,7 +52,9 @@ def _run(argv: list[str], ok: tuple[int, ...] = (0,)) -> subprocess.CompletedPro
     return proc
 
 
-def make_fs(workdir: Path, size: int, files: dict[str, bytes], fstype: str = "ext4") -> Path:
+def make_fs(
+    workdir: Path, size: int, files: dict[str, bytes], fstype: str = "ext4", features: str = ""
+) -> Path:
     """A sparse file of ``size`` bytes holding a new ``fstype`` file system with ``files``."""
     src = workdir / f"tree-{fstype}-{size}"
     src.mkdir(parents=True, exist_ok=True)
@@ -63,9 +65,25 @@ def make_fs(workdir: Path, size: int, files: dict[str, bytes], fstype: str = "ex
     image = workdir / f"fs-{fstype}-{size}.raw"
     with open(image, "wb") as handle:
         handle.truncate(size)
-    _run([E2FS["mke2fs"], "-q", "-F", "-t", fstype, "-L", "cloudimg-rootfs",
+    options = ["-O", features] if features else []
+    _run([E2FS["mke2fs"], "-q", "-F", "-t", fstype, "-L", "cloudimg-rootfs", *options,
           "-E", "lazy_itable_init=1,lazy_journal_init=1", "-d", str(src), str(image)])  # fmt: skip
     return image
+
+
+def stale_free_count(image: Path) -> None:
+    """Make the superblock claim the file system is almost empty, as a running guest's may lag.
+
+    Only for file systems without metadata_csum (the superblock is then not checksummed);
+    e2fsck -f -y corrects the count from the group descriptors.
+    """
+    with open(image, "r+b") as handle:
+        handle.seek(1024)
+        sb = bytearray(handle.read(1024))
+        blocks = struct.unpack("<I", sb[4:8])[0]
+        sb[12:16] = struct.pack("<I", blocks - 1000)
+        handle.seek(1024)
+        handle.write(sb)
 
 
 def fill(image: Path, nbytes: int) -> None:
@@ -119,13 +137,22 @@ def _data_chunks(handle):
             pos += CHUNK
 
 
-def ext4_disk_pieces(workdir: Path, disk_size: int, files: dict[str, bytes], fill_bytes: int = 0):
-    """MBR + one ext4 partition from 1 MiB to the end of a ``disk_size`` disk."""
+def ext4_disk_pieces(
+    workdir: Path, disk_size: int, files: dict[str, bytes], fill_bytes: int = 0, part_size: int | None = None,
+    stale: bool = False,
+):  # fmt: skip
+    """MBR + one ext4 partition from 1 MiB to the end of a ``disk_size`` disk (or of ``part_size`` bytes).
+
+    ``stale``: the superblock under-reports the used blocks (see ``stale_free_count``).
+    """
     start = 2048
-    fs = make_fs(workdir, disk_size - start * SECTOR, files)
+    size = part_size or disk_size - start * SECTOR
+    fs = make_fs(workdir, size, files, features="^metadata_csum" if stale else "")
     if fill_bytes:
         fill(fs, fill_bytes)
-    return [(0, mbr([(start, disk_size // SECTOR - start, 0x83)])), (SECTOR, GAP), (start * SECTOR, fs)]
+    if stale:
+        stale_free_count(fs)
+    return [(0, mbr([(start, size // SECTOR, 0x83)])), (SECTOR, GAP), (start * SECTOR, fs)]
 
 
 def two_partition_pieces(workdir: Path, disk_size: int, files: dict[str, bytes]):
@@ -221,14 +248,20 @@ def digest_allocated(vhd_path: Path) -> str:
     return h.hexdigest()
 
 
-def check_shrunk_disk(vhd_path: Path, new_size: int, files: dict[str, bytes], workdir: Path) -> None:
-    """The resize-down result: exact size, one partition within it, clean ext4, same files, boot bytes."""
+def check_shrunk_disk(
+    vhd_path: Path, new_size: int, files: dict[str, bytes], workdir: Path, part_size: int | None = None
+) -> None:
+    """The resize-down result: exact size, one partition within it, clean ext4, same files, boot bytes.
+
+    ``part_size``: the partition's expected size in bytes (default: up to the end of the new disk).
+    """
     raw = workdir / "shrunk-disk.raw"
     assert dump(vhd_path, raw) == new_size
     (part,) = partitions(raw)
     start, size, ptype = part
     assert ptype == 0x83 and start == 2048
     assert start + size <= new_size // SECTOR, "the partition must end within the new disk"
+    assert size * SECTOR == (part_size or new_size - start * SECTOR)
     with open(raw, "rb") as handle:
         head = handle.read(2048 * SECTOR)
     assert head[:440] == BOOT_CODE[:440], "the MBR boot code must be kept"

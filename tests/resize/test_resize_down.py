@@ -189,6 +189,48 @@ def test_refusals_keep_the_instance_running_and_its_disk_unchanged(computes, tmp
     assert src.staging() == [] and dst.staging() == []
 
 
+def test_data_that_only_resize2fs_finds_too_big_is_refused_after_power_off(computes, tmp_path):
+    """The superblock under-reports the data (as a running guest's may): the first check passes,
+    resize2fs -P on the consistent copy refuses, and the instance is powered back on unchanged."""
+    src, dst = computes
+    pieces = rdh.ext4_disk_pieces(tmp_path, 2 * GiB, FILES, fill_bytes=1100 * 1024 * 1024, stale=True)
+    inst = boot(src, pieces)
+    vdi, path = src.root(inst)
+    before = rdh.digest_allocated(path)
+    files_before = src.sr_files()
+    steps = []
+    with pytest.raises(nova_exception.InstanceFaultRollback) as err:
+        migrate(src, dst, inst, flavor("one", root_gb=1), hook=steps.append)
+    message = str(err.value.inner_exception)
+    assert "the root disk cannot be resized down" in message and "(resize2fs -P)" in message, message
+    assert steps[:3] == ["power_off", "rename", "shrink"]  # refused after the power-off
+    assert power_state(src, inst) == "Running"
+    assert src.vm_names() == [inst.name] and src.root(inst)[0] == vdi
+    assert rdh.digest_allocated(src.root(inst)[1]) == before
+    assert src.sr_files() == files_before
+    assert src.staging() == [] and dst.staging() == [] and dst.sr_files() == set()
+
+
+def test_plugins_without_resize_down_refuse_clearly(computes, ext4_pieces, monkeypatch):
+    """dom0 plug-ins older than 1.1 answer UNKNOWN_XENAPI_PLUGIN_FUNCTION: refused, with advice."""
+    from xenapi_driver import exception as xexc
+
+    src, dst = computes
+    inst = boot(src, ext4_pieces)
+    real = src.session.call_plugin
+
+    def old_plugins(plugin, fn, args=None):
+        if fn.startswith("shrink_"):
+            raise xexc.XenAPIError("UNKNOWN_XENAPI_PLUGIN_FUNCTION", [fn])
+        return real(plugin, fn, args)
+
+    monkeypatch.setattr(src.session, "call_plugin", old_plugins)  # only the plug-in's answer is stood in
+    with pytest.raises(nova_exception.InstanceFaultRollback) as err:
+        src.migrateops.migrate_disk_and_power_off(None, inst, dst.host.address, flavor("one", root_gb=1), [])
+    assert "xenapi-driver install-plugins" in str(err.value.inner_exception)
+    assert power_state(src, inst) == "Running"
+
+
 class Killed(BaseException):
     """The compute process dies: no handler runs, nothing is rolled back."""
 

@@ -24,7 +24,9 @@ or failure leaves it exactly as it was. The work happens in the staging area
 
 The new partition keeps its start and ends on the last 1 MiB boundary of the
 new disk (the whole disk when its size is a multiple of 1 MiB), rounded down
-to whole file-system blocks.
+to whole file-system blocks. A partition that already ends within the new
+disk is kept as it is (never grown: as after a resize up, growing the
+partition is the guest's business, e.g. cloud-init's growpart).
 """
 
 import json
@@ -221,8 +223,11 @@ def inspect(reader, new_size):
     new_sectors = new_size // SECTOR
     end = new_sectors // ALIGN_SECTORS * ALIGN_SECTORS or new_sectors
     per_block = bs // SECTOR
-    new_part_size = (end - part["start"]) // per_block * per_block if end > part["start"] else 0
-    new_blocks = new_part_size // per_block
+    if part["start"] + part["size"] <= end:
+        new_part_size = part["size"]  # already within the new disk: kept as it is, never grown
+    else:
+        new_part_size = (end - part["start"]) // per_block * per_block if end > part["start"] else 0
+    new_blocks = min(sb["blocks"], new_part_size // per_block)
     if new_blocks < 1024:
         refuse(
             "partition %d starts at %s: the new root disk of %s leaves no room for its file system"
@@ -415,13 +420,16 @@ def shrink_to_vhd(reader, new_size, workdir, target, log):
                 _mib(plan["new_blocks"] * plan["block_size"]),
             )
         )
-    status, text = _e2fs(["resize2fs", raw_path, str(plan["new_blocks"])])
-    log.info("resize2fs to %d blocks: exit %d: %s", plan["new_blocks"], status, _last_lines(text))
-    if status != 0:
-        refuse(
-            "resize2fs could not shrink the %s file system to %s: %s"
-            % (plan["fs"], _mib(plan["new_blocks"] * plan["block_size"]), _last_lines(text))
-        )
+    if plan["new_blocks"] < plan["blocks"]:
+        status, text = _e2fs(["resize2fs", raw_path, str(plan["new_blocks"])])
+        log.info("resize2fs to %d blocks: exit %d: %s", plan["new_blocks"], status, _last_lines(text))
+        if status != 0:
+            refuse(
+                "resize2fs could not shrink the %s file system to %s: %s"
+                % (plan["fs"], _mib(plan["new_blocks"] * plan["block_size"]), _last_lines(text))
+            )
+    else:
+        log.info("the file system already fits the new disk: not resized")
     status, text = _e2fs(["e2fsck", "-f", "-n", raw_path])
     if status != 0:
         fail(
