@@ -64,10 +64,6 @@ def staging_id(instance_uuid: str) -> str:
     return str(uuidlib.uuid5(uuidlib.UUID(instance_uuid), "resize-down-root"))
 
 
-def _sr_path(session: Any, sr_ref: str) -> str:
-    return f"/var/run/sr-mount/{session.call_xenapi('SR.get_uuid', sr_ref)}"
-
-
 def _plugin(session: Any, fn: str, args: dict[str, str]) -> dict[str, Any]:
     try:
         return json.loads(session.call_plugin(PLUGIN, fn, args))
