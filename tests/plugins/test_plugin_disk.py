@@ -259,6 +259,18 @@ def test_shrink_copy_writes_a_smaller_disk_with_the_same_files(dom0, tmp_path):
     qemu = subprocess.run(["qemu-img", "info", "--output=json", "-f", "vpc", str(target)],
                           capture_output=True, timeout=60, check=True)  # fmt: skip
     assert json.loads(qemu.stdout)["virtual-size"] >= SHRINK_TO - 8 * MiB  # vpc rounds to its CHS geometry
+    # libvhdi, another independent reader, reads the same bytes as the project's VHD library
+    import pyvhdi
+
+    handle = pyvhdi.file()
+    handle.open(str(target))
+    try:
+        assert handle.get_media_size() == SHRINK_TO
+        with vhd.open_chain(str(target), writable=False) as chain:
+            for offset in (0, 1 * MiB, 2 * MiB, 40 * MiB, SHRINK_TO - 4 * MiB):
+                assert handle.read_buffer_at_offset(4 * MiB, offset) == chain.read(offset, 4 * MiB)
+    finally:
+        handle.close()
     # the original chain is untouched; nothing is left in /images
     after = _sr_state(dom0)
     assert {k: v for k, v in after.items() if k != f"{new}.vhd"} == before

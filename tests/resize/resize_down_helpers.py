@@ -269,3 +269,21 @@ def check_shrunk_disk(
     fs = extract(raw, start, size, workdir / "shrunk-partition.raw")
     fsck_clean(fs)
     assert read_files(fs, workdir) == files
+
+
+class DiskImageSource:
+    """An instance's root disk: a new VDI of ``size`` with the given guest disk pieces written in."""
+
+    def __init__(self, compute, pieces, size: int = 2 * GiB) -> None:
+        self.compute = compute
+        self.pieces = pieces
+        self.size = size
+
+    def root_vdi(self, context, instance, image_meta, sr_ref):
+        from resize_helpers import disk_path
+
+        record = {"name_label": "guest disk", "SR": sr_ref, "virtual_size": str(self.size), "type": "user",
+                  "sharable": False, "read_only": False, "other_config": {}}  # fmt: skip
+        vdi = self.compute.session.call_xenapi("VDI.create", record)
+        write_disk(disk_path(self.compute.pool, vdi), self.pieces)
+        return vdi

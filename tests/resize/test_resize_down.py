@@ -17,7 +17,7 @@ import json
 
 import pytest
 import resize_down_helpers as rdh
-from resize_helpers import GiB, disk_path, flavor, make_instance
+from resize_helpers import GiB, flavor, make_instance
 
 from nova import exception as nova_exception
 from xenapi_driver import migrateops, resize_down
@@ -26,29 +26,13 @@ BOTH = pytest.mark.parametrize("transport", ["rsync", "xapi"], indirect=True)
 FILES = rdh.guest_files()
 
 
-class DiskImageSource:
-    """The instance's root disk: a new VDI of ``size`` with the given guest disk pieces written in."""
-
-    def __init__(self, compute, pieces, size: int = 2 * GiB) -> None:
-        self.compute = compute
-        self.pieces = pieces
-        self.size = size
-
-    def root_vdi(self, context, instance, image_meta, sr_ref):
-        record = {"name_label": "ext4 image", "SR": sr_ref, "virtual_size": str(self.size), "type": "user",
-                  "sharable": False, "read_only": False, "other_config": {}}  # fmt: skip
-        vdi = self.compute.session.call_xenapi("VDI.create", record)
-        rdh.write_disk(disk_path(self.compute.pool, vdi), self.pieces)
-        return vdi
-
-
 @pytest.fixture(scope="module")
 def ext4_pieces(tmp_path_factory):
     return rdh.ext4_disk_pieces(tmp_path_factory.mktemp("ext4"), 2 * GiB, FILES)
 
 
 def boot(compute, pieces, **flavor_fields):
-    compute.vmops.image_source = DiskImageSource(compute, pieces)
+    compute.vmops.image_source = rdh.DiskImageSource(compute, pieces)
     inst = make_instance(flavor("two", root_gb=2, **flavor_fields))
     compute.spawn(inst)
     return inst

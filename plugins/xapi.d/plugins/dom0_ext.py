@@ -29,6 +29,7 @@ disk is kept as it is (never grown: as after a resize up, growing the
 partition is the guest's business, e.g. cloud-init's growpart).
 """
 
+import errno
 import json
 import os
 import re
@@ -354,10 +355,21 @@ def _new_blocks(reader, plan, raw_path):
             if hi > start:
                 begin = max(lo, start)
                 end = min(hi, fs_end)
-                raw.seek(begin - start)
-                chunk = raw.read(end - begin)
-                data[begin - lo : begin - lo + len(chunk)] = chunk
+                if _has_data(raw.fileno(), begin - start, end - start):
+                    raw.seek(begin - start)
+                    chunk = raw.read(end - begin)
+                    data[begin - lo : begin - lo + len(chunk)] = chunk
             yield block, bytes(data)
+
+
+def _has_data(fd, begin, end):
+    """Whether the sparse file has data (not a hole) between ``begin`` and ``end``."""
+    try:
+        return os.lseek(fd, begin, os.SEEK_DATA) < end
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # only a hole up to the end of the file
+            return False
+        return True  # no SEEK_DATA here: read it
 
 
 def _chs(lba):
