@@ -32,6 +32,9 @@ Why it is built this way:
   credentials are this compute's own. No secret is ever written to metadata.
 * **Same host or shared SR: no copy.** After power-off each disk is cloned
   (``VDI.clone``, copy-on-write, constant time) and the new VM uses the clones.
+* **Resize down** (a smaller root disk): only for one ext3/ext4 partition;
+  the guest is powered off first and dom0 writes a shrunk copy of the root
+  disk, which is sent (or used) instead of it: see :mod:`xenapi_driver.resize_down`.
 """
 
 from __future__ import annotations
