@@ -230,6 +230,8 @@ class _ResizeDown:
         self.assertEqual([], self._vms(server["id"])["host1"])
         (running,) = self._running(server)
         self.assertEqual("Running", running["power_state"])
+        # The fault is recorded just before the action's event ends in Error (after ACTIVE is set).
+        self._wait_for_instance_action_event(server, "resize", "compute_resize_instance", "Error")
         faults = objects.InstanceFaultList.get_by_instance_uuids(context.get_admin_context(), [server["id"]])
         messages = [f.message for f in faults]
         self.assertTrue(any("not ext3/ext4" in m for m in messages), messages)
