@@ -215,6 +215,51 @@ def test_plugins_without_resize_down_refuse_clearly(computes, ext4_pieces, monke
     assert power_state(src, inst) == "Running"
 
 
+FAKE_TOOLS = {
+    # dom0's e2fsprogs older than the guest's file system (XenServer 8 ships 1.42.9)
+    "e2fsck": (
+        "#!/bin/sh\necho 'e2fsck: Get a newer version of e2fsck!' >&2\n"
+        "echo '/images/x: ********** WARNING: Filesystem still has errors **********' >&2\nexit 8\n",
+        "dom0's e2fsprogs are too old",
+    ),
+    # resize2fs dies half-way through the shrink (its estimate still answers)
+    "resize2fs": (
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = -P ] && exec {real} "$@"; done\n'
+        "echo 'resize2fs: Memory allocation failed while trying to resize' >&2\nexit 1\n",
+        "resize2fs could not shrink the ext4 file system to 1023 MiB",
+    ),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(FAKE_TOOLS))
+def test_dom0_tool_failing_mid_shrink_rolls_back(computes, ext4_pieces, tool):
+    """The plug-in fails after the power-off (a dom0 tool fails): refused, powered back on, no leftovers."""
+    import shutil
+
+    src, dst = computes
+    inst = boot(src, ext4_pieces)
+    vdi, path = src.root(inst)
+    before = rdh.digest_allocated(path)
+    files_before = src.sr_files()
+    script, words = FAKE_TOOLS[tool]
+    fake = src.host.sandbox.bin_dir / tool  # dom0's PATH starts with bin/
+    fake.write_text(script.format(real=shutil.which("resize2fs") or "/usr/sbin/resize2fs"))
+    fake.chmod(0o755)
+    try:
+        with pytest.raises(nova_exception.InstanceFaultRollback) as err:
+            migrate(src, dst, inst, flavor("one", root_gb=1))
+    finally:
+        fake.unlink()
+    message = str(err.value.inner_exception)
+    assert "failed and was rolled back: the root disk cannot be resized down" in message
+    assert words in message, message
+    assert power_state(src, inst) == "Running"
+    assert src.vm_names() == [inst.name] and src.root(inst)[0] == vdi
+    assert rdh.digest_allocated(src.root(inst)[1]) == before
+    assert src.sr_files() == files_before
+    assert src.staging() == [] and dst.staging() == [] and dst.sr_files() == set()
+
+
 class Killed(BaseException):
     """The compute process dies: no handler runs, nothing is rolled back."""
 

@@ -408,6 +408,11 @@ def shrink_to_vhd(reader, new_size, workdir, target, log):
     status, text = _e2fs(["e2fsck", "-f", "-y", raw_path])
     log.info("e2fsck -f -y: exit %d: %s", status, _last_lines(text))
     if status >= 4:
+        if "unsupported feature" in text or "newer version of e2fsck" in text:
+            refuse(
+                "dom0's e2fsprogs are too old for the features of the %s file system on partition %d: %s"
+                % (plan["fs"], part["number"], _last_lines(text))
+            )
         refuse(
             "e2fsck could not repair the %s file system on partition %d (exit %d): %s"
             % (plan["fs"], part["number"], status, _last_lines(text))
