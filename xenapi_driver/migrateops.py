@@ -39,6 +39,9 @@ Why it is built this way:
   first parent whose identity, and whose whole parent chain's, the
   destination holds; the received chain is linked onto that held VDI, which
   is only read (see :func:`choose_held`).
+* **Resize down** (a smaller root disk): only for one ext3/ext4 partition;
+  the guest is powered off first and dom0 writes a shrunk copy of the root
+  disk, which is sent (or used) instead of it: see :mod:`xenapi_driver.resize_down`.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from nova import exception as nova_exception
 from nova.virt import driver as virt_driver
 from xenapi_driver import conf as xconf
 from xenapi_driver import exception as xexc
-from xenapi_driver import vm_utils
+from xenapi_driver import resize_down, vm_utils
 from xenapi_driver import vmops as vmops_mod
 
 LOG = logging.getLogger(__name__)
@@ -269,11 +272,15 @@ class MigrateOps:
             root = next(d for d in disks if d["role"] == "root")
             current = int(root["rec"]["virtual_size"])
             if new["root_gb"] and new["root_gb"] * GiB < current:
-                raise _refuse(
-                    f"resizing the root disk down ({current // GiB} GiB to {new['root_gb']} GiB) is not "
-                    "supported by XenAPIDriver: XAPI cannot shrink a VDI and the driver does not "
-                    f"rewrite guest file systems; choose a flavor with root_gb >= {-(-current // GiB)}"
-                )
+                # Resize down: only a root disk with one ext3/ext4 partition (resize_down.py).
+                try:
+                    resize_down.check(self._session, root, new["root_gb"] * GiB, FILE_SR_TYPES)
+                except resize_down.ShrinkRefused as exc:
+                    raise _refuse(
+                        f"resizing the root disk down ({current / GiB:g} GiB to {new['root_gb']} GiB) "
+                        f"is not possible: {exc.reason}; choose a flavor with root_gb >= "
+                        f"{-(-current // GiB)}"
+                    ) from None
 
     def _mode(self, dest: str, disks: list[dict[str, Any]]) -> str:
         """``same-host``, ``shared`` (destination sees the SR), or the configured transport."""
@@ -334,7 +341,12 @@ class MigrateOps:
         self._progress(instance, 0)
         try:
             self._step_done(vm_ref, journal, "checked")
-            if mode in ("same-host", "shared"):
+            shrink = resize_down.new_root_size(disks, flavor)
+            if shrink:
+                sent = self._migrate_shrinking(
+                    instance, vm_ref, journal, disks, mode, shrink, timeout, retry_interval
+                )
+            elif mode in ("same-host", "shared"):
                 sent = self._migrate_without_copy(instance, vm_ref, journal, timeout, retry_interval)
             else:
                 sent = self._migrate_with_copy(
@@ -548,6 +560,102 @@ class MigrateOps:
         sr = dsession.call_xenapi("SR.get_record", sr_ref)
         return sr["uuid"] if sr["type"] in FILE_SR_TYPES else None
 
+    def _migrate_shrinking(
+        self,
+        instance: Any,
+        vm_ref: str,
+        journal: dict[str, Any],
+        disks: list[dict[str, Any]],
+        mode: str,
+        new_size: int,
+        timeout: int,
+        retry_interval: int,
+    ) -> list[dict[str, Any]]:
+        """Resize down (see resize_down.py): power off, shrink a copy of the root disk, send it.
+
+        The guest is powered off first (the file system must be consistent),
+        so the downtime includes the shrink and every copy.
+        """
+        self._progress(instance, 10)
+        self._power_off_and_keep(instance, vm_ref, journal, timeout, retry_interval)
+        self._progress(instance, 30)
+        root = next(d for d in disks if d["role"] == "root")
+        no_copy = mode in ("same-host", "shared")
+
+        def remember(info: dict[str, Any]) -> None:
+            journal[resize_down.SHRUNK_KEY] = info
+            journal["snapshots"].append(info["uuid"])
+            self._write_journal(vm_ref, journal)
+
+        self._hook("shrink")
+        tag = (INCOMING_KEY if no_copy else SNAPSHOT_KEY, instance.uuid)
+        try:
+            copy = resize_down.make_copy(
+                self._session, instance, root["rec"]["uuid"], new_size, remember, tag
+            )
+        except resize_down.ShrinkRefused as exc:
+            raise ResizeStepFailed(f"the root disk cannot be resized down: {exc.reason}") from None
+        self._step_done(vm_ref, journal, "shrunk")
+        self._progress(instance, 50)
+        if no_copy:
+            sent = [{"role": "root", "device": root["device"], "vdi_uuid": copy["uuid"]}]
+            for disk in journal["disks"]:
+                if disk["role"] == "root":
+                    continue
+                self._hook("clone")
+                src = self._session.call_xenapi("VDI.get_by_uuid", disk["uuid"])
+                clone = self._session.call_xenapi("VDI.clone", src, {})
+                clone_uuid = self._session.call_xenapi("VDI.get_uuid", clone)
+                self._session.call_xenapi("VDI.add_to_other_config", clone, INCOMING_KEY, instance.uuid)
+                journal["snapshots"].append(clone_uuid)
+                self._write_journal(vm_ref, journal)
+                sent.append({"role": disk["role"], "device": disk["device"], "vdi_uuid": clone_uuid})
+            self._step_done(vm_ref, journal, "cloned")
+            return sent
+        # Copy: the shrunk root as a one-member chain, the other disks' chains as usual
+        # (the guest is already off: no second pass for the leaves).
+        chains = []
+        for disk in disks:
+            sr_uuid = self._session.call_xenapi("SR.get_uuid", disk["rec"]["SR"])
+            if disk["role"] == "root":
+                chain = [{"uuid": copy["uuid"], "virtual_size": new_size}]
+            else:
+                self._hook("snapshot")
+                snap = self._session.call_xenapi("VDI.snapshot", disk["ref"], {})
+                self._session.call_xenapi("VDI.add_to_other_config", snap, SNAPSHOT_KEY, instance.uuid)
+                journal["snapshots"].append(self._session.call_xenapi("VDI.get_uuid", snap))
+                self._write_journal(vm_ref, journal)
+                chain = self._chain(self._session, disk["rec"]["uuid"])
+            chains.append({"disk": disk, "chain": chain, "sr_uuid": sr_uuid})
+        with contextlib.ExitStack() as stack:
+            copier = (
+                _XapiCopier(self._session, stack.enter_context(self._dest_session(journal["dest"])), instance)
+                if mode == "xapi"
+                else _RsyncCopier(self._session, journal["dest"], instance)
+            )
+            journal["transport"] = mode
+            total = sum(len(c["chain"]) for c in chains)
+            done = 0
+            for item in chains:
+                item["target"] = copier.begin(item)
+                for seq in range(len(item["chain"]) - 1, -1, -1):
+                    self._hook("copy_leaf" if seq == 0 else "copy_parent")
+                    copier.send(item, seq)
+                    done += 1
+                    self._progress(instance, 50 + 40 * done // total)
+        self._step_done(vm_ref, journal, "leaves_copied")
+        return [
+            {
+                "role": item["disk"]["role"],
+                "device": item["disk"]["device"],
+                "chain_length": len(item["chain"]),
+                "transport": mode,
+                "stats": {str(k): v for k, v in item.get("stats", {}).items()},
+                **item["target"],
+            }
+            for item in chains
+        ]
+
     def _rollback_source(self, instance: Any, vm_ref: str, block_device_info: Any) -> None:
         """Undo a failed migrate_disk_and_power_off: the instance is back as it was."""
         try:
@@ -566,6 +674,7 @@ class MigrateOps:
         Every action is idempotent, so a revert after a crash at any step works.
         """
         journal = self._journal(vm_ref)
+        resize_down.cleanup(self._session, instance.uuid, journal)
         for snap_uuid in journal.get("snapshots", []):
             with contextlib.suppress(xexc.XenAPIError):
                 ref = self._session.call_xenapi("VDI.get_by_uuid", snap_uuid)

@@ -49,7 +49,7 @@ VERSION_PLUGIN = "dom0_plugin_version"
 #: The plug-in version this driver needs: same major, at least this minor.
 #: Raise the minor when the driver starts using a new plug-in function, the
 #: major when a plug-in changes incompatibly (with plugins/.../dom0_utils.py).
-REQUIRED_PLUGIN_VERSION = "1.0"
+REQUIRED_PLUGIN_VERSION = "1.1"
 #: How many HOST_IS_SLAVE redirects to follow before giving up (a loop).
 _MAX_REDIRECTS = 3
 #: Polling interval bounds for Async tasks (seconds): start fast, back off.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import struct
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -198,3 +201,166 @@ def test_partition_bad_device(dom0, disk, dev):
     with pytest.raises(XapiError) as err:
         call(dom0, "partition_utils", "make_partition", dev=dev)
     assert err.value.code in ("INVALID_ARGUMENT", "NOT_FOUND")
+
+
+# ------------------------------------------------------------------ resize down (shrink_check, shrink_copy)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resize"))
+import resize_down_helpers as rdh  # noqa: E402
+
+SHRINK_DISK = 256 * MiB
+SHRINK_TO = 128 * MiB
+
+
+def _root_chain(dom0, pieces) -> str:
+    """A two-level chain: the file system in the base, the MBR, the gap and a rewrite in the leaf."""
+    sr = dom0.sr_path()
+    base, leaf = str(uuid.uuid4()), str(uuid.uuid4())
+    vhd.create_dynamic(str(sr / f"{base}.vhd"), SHRINK_DISK)
+    rdh.write_disk(sr / f"{base}.vhd", [p for p in pieces if p[0] >= 2048 * 512])
+    vhd.snapshot(str(sr / f"{leaf}.vhd"), str(sr / f"{base}.vhd"))
+    leaf_pieces = [p for p in pieces if p[0] < 2048 * 512]
+    fs = next((p[1] for p in pieces if p[0] == 2048 * 512 and not isinstance(p[1], bytes)), None)
+    if fs is not None:  # the first 192 KiB of the file system again, so the leaf's bitmap is partial
+        with open(fs, "rb") as handle:
+            leaf_pieces.append((2048 * 512, handle.read(192 * 1024)))
+    rdh.write_disk(sr / f"{leaf}.vhd", leaf_pieces)
+    return leaf
+
+
+def _sr_state(dom0) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in dom0.sr_path().glob("*.vhd")}
+
+
+def _shrink_args(dom0, leaf, **extra):
+    return dict(sr_path=sr_arg(dom0), vdi_uuid=leaf, new_size=str(SHRINK_TO), **extra)
+
+
+def test_shrink_copy_writes_a_smaller_disk_with_the_same_files(dom0, tmp_path):
+    files = rdh.guest_files()
+    leaf = _root_chain(dom0, rdh.ext4_disk_pieces(tmp_path, SHRINK_DISK, files))
+    before = _sr_state(dom0)
+    plan = json.loads(call(dom0, "partition_utils", "shrink_check", **_shrink_args(dom0, leaf)))
+    assert plan["fs"] == "ext4" and plan["partition"]["number"] == 1
+    assert plan["new_partition_size"] == SHRINK_TO // 512 - 2048
+    new = str(uuid.uuid4())
+    staging = str(uuid.uuid4())
+    result = json.loads(
+        call(dom0, "partition_utils", "shrink_copy", _timeout=120,
+             **_shrink_args(dom0, leaf, new_vdi_uuid=new, instance_uuid=staging))
+    )  # fmt: skip
+    assert result["vdi_uuid"] == new and result["min_bytes"] <= SHRINK_TO
+    target = dom0.sr_path() / f"{new}.vhd"
+    info = vhd.info(str(target))
+    assert (info.disk_type, info.virtual_size, info.depth) == ("dynamic", SHRINK_TO, 1)
+    assert info.physical_size < 40 * MiB  # sparse: only the file system's data is allocated
+    rdh.check_shrunk_disk(target, SHRINK_TO, files, tmp_path)
+    # qemu-img, an independent reader, agrees on the format and size
+    qemu = subprocess.run(["qemu-img", "info", "--output=json", "-f", "vpc", str(target)],
+                          capture_output=True, timeout=60, check=True)  # fmt: skip
+    assert json.loads(qemu.stdout)["virtual-size"] >= SHRINK_TO - 8 * MiB  # vpc rounds to its CHS geometry
+    # libvhdi, another independent reader, reads the same bytes as the project's VHD library
+    import pyvhdi
+
+    handle = pyvhdi.file()
+    handle.open(str(target))
+    try:
+        assert handle.get_media_size() == SHRINK_TO
+        with vhd.open_chain(str(target), writable=False) as chain:
+            for offset in (0, 1 * MiB, 2 * MiB, 40 * MiB, SHRINK_TO - 4 * MiB):
+                assert handle.read_buffer_at_offset(4 * MiB, offset) == chain.read(offset, 4 * MiB)
+    finally:
+        handle.close()
+    # the original chain is untouched; nothing is left in /images
+    after = _sr_state(dom0)
+    assert {k: v for k, v in after.items() if k != f"{new}.vhd"} == before
+    assert os.listdir(dom0.path("/images")) == []
+
+
+def test_shrink_keeps_a_partition_that_already_fits(dom0, tmp_path):
+    """A 64 MiB partition on a 256 MiB disk shrunk to 128 MiB: the disk shrinks, the partition stays."""
+    files = {"etc/hostname": b"small\n", "data": os.urandom(2 * MiB)}
+    leaf = _root_chain(dom0, rdh.ext4_disk_pieces(tmp_path, SHRINK_DISK, files, part_size=64 * MiB))
+    new = str(uuid.uuid4())
+    result = json.loads(
+        call(dom0, "partition_utils", "shrink_copy",
+             **_shrink_args(dom0, leaf, new_vdi_uuid=new, instance_uuid=str(uuid.uuid4())))
+    )  # fmt: skip
+    assert result["new_partition_size"] == 64 * MiB // 512 and result["new_blocks"] == result["blocks"]
+    rdh.check_shrunk_disk(dom0.sr_path() / f"{new}.vhd", SHRINK_TO, files, tmp_path, part_size=64 * MiB)
+
+
+@pytest.mark.parametrize(
+    ("layout", "words"),
+    [
+        ("two-partitions", "has 2 partitions"),
+        ("random-bytes", "no file system this driver recognises"),
+        ("xfs", "holds xfs"),
+        ("no-table", "no partition table"),
+        ("gpt", "GPT"),
+        ("extended", "extended"),
+        ("ext2", "ext2 (no journal)"),
+        ("does-not-fit", "needs about"),
+    ],
+)
+def test_shrink_refusals_name_the_reason_and_write_nothing(dom0, tmp_path, layout, words):
+    files = rdh.guest_files()
+    if layout == "two-partitions":
+        pieces = rdh.two_partition_pieces(tmp_path, SHRINK_DISK, files)
+    elif layout == "random-bytes":
+        pieces = rdh.random_partition_pieces(SHRINK_DISK)
+    elif layout == "xfs":
+        pieces = [(0, rdh.mbr([(2048, 100000, 0x83)])), (2048 * 512, b"XFSB" + os.urandom(8188))]
+    elif layout == "no-table":
+        pieces = [(0, b"\0" * 512), (1024, rdh.make_fs(tmp_path, 8 * MiB, {}).read_bytes()[1024:4096])]
+    elif layout == "gpt":
+        pieces = [(0, rdh.mbr([(1, SHRINK_DISK // 512 - 1, 0xEE)]))]
+    elif layout == "extended":
+        pieces = [(0, rdh.mbr([(2048, 1000, 0x83), (4096, 100000, 0x05)]))]
+    elif layout == "ext2":
+        fs = rdh.make_fs(tmp_path, SHRINK_DISK - MiB, files, fstype="ext2")
+        pieces = [(0, rdh.mbr([(2048, SHRINK_DISK // 512 - 2048, 0x83)])), (2048 * 512, fs)]
+    else:
+        pieces = rdh.ext4_disk_pieces(tmp_path, SHRINK_DISK, files, fill_bytes=200 * MiB)
+    leaf = _root_chain(dom0, pieces)
+    before = _sr_state(dom0)
+    copy_args = {"new_vdi_uuid": str(uuid.uuid4()), "instance_uuid": str(uuid.uuid4())}
+    for fn, extra in (("shrink_check", {}), ("shrink_copy", copy_args)):
+        with pytest.raises(XapiError) as err:
+            call(dom0, "partition_utils", fn, _timeout=120, **_shrink_args(dom0, leaf, **extra))
+        assert err.value.code == "SHRINK_REFUSED", err.value.details
+        assert words in err.value.details[1]
+        assert _sr_state(dom0) == before
+        assert os.listdir(dom0.path("/images")) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("new_size", str(SHRINK_TO + 512)),
+        ("new_size", "1024"),
+        ("new_size", "-1"),
+        ("vdi_uuid", "../../etc/passwd"),
+        ("sr_path", "/images"),
+        ("new_vdi_uuid", "x/../y"),
+        ("instance_uuid", "../../var"),
+    ],
+)
+def test_shrink_bad_arguments(dom0, name, value):
+    leaf = _root_chain(dom0, rdh.random_partition_pieces(SHRINK_DISK))
+    args = _shrink_args(dom0, leaf, new_vdi_uuid=str(uuid.uuid4()), instance_uuid=str(uuid.uuid4()))
+    args[name] = value
+    with pytest.raises(XapiError) as err:
+        call(dom0, "partition_utils", "shrink_copy", **args)
+    assert err.value.code == "INVALID_ARGUMENT", err.value.details
+
+
+def test_shrink_of_a_missing_disk_and_onto_an_existing_file(dom0):
+    leaf = _root_chain(dom0, rdh.random_partition_pieces(SHRINK_DISK))
+    with pytest.raises(XapiError) as err:
+        call(dom0, "partition_utils", "shrink_check", **_shrink_args(dom0, str(uuid.uuid4())))
+    assert err.value.code == "NOT_FOUND"
+    with pytest.raises(XapiError) as err:
+        call(dom0, "partition_utils", "shrink_copy",
+             **_shrink_args(dom0, leaf, new_vdi_uuid=leaf, instance_uuid=str(uuid.uuid4())))  # fmt: skip
+    assert err.value.code == "INVALID_ARGUMENT"

@@ -52,11 +52,11 @@ def test_prepare_is_idempotent(dom0):
         dom0.root, host_uuid=dom0.host_uuid, xapi_url=dom0.xapi_url, local_sr_uuid=dom0.local_sr_uuid
     )
     assert marker.read_text() == "x"
-    assert again.call_plugin("dom0_plugin_version", "get_version", {}, SESSION) == "1.0"
+    assert again.call_plugin("dom0_plugin_version", "get_version", {}, SESSION) == "1.1"
 
 
 def test_version_plugin(dom0):
-    assert call(dom0, "dom0_plugin_version", "get_version") == "1.0"
+    assert call(dom0, "dom0_plugin_version", "get_version") == "1.1"
 
 
 def test_missing_plugin(dom0):

@@ -38,7 +38,7 @@ def plugin(session, sim_host, name, fn, **args):
 def test_version_and_host_data_on_master_and_member(sim):
     simulator, session = sim
     for host in simulator.pool.hosts:
-        assert plugin(session, host, "dom0_plugin_version", "get_version") == "1.0"
+        assert plugin(session, host, "dom0_plugin_version", "get_version") == "1.1"
         data = json.loads(plugin(session, host, "xenhost", "host_data"))
         assert data["host_uuid"] == host.uuid and data["host_address"] == host.address
         assert data["disk"]["sr_uuid"] == host.local_sr_uuid

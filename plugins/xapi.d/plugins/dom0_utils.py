@@ -24,7 +24,7 @@ import uuid as uuidlib
 
 import XenAPIPlugin
 
-PLUGIN_VERSION = "1.0"
+PLUGIN_VERSION = "1.1"
 
 # The single path-root lookup. Everything else derives from it.
 DOM0_ROOT = os.environ.get("XENAPI_DRIVER_DOM0_ROOT", "/") or "/"

@@ -1,14 +1,18 @@
 """VHD chains in dom0: reading metadata and data, importing chains into an SR.
 
 Python 3.6, standard library only. Metadata checks are done here (so a bad
-chain is refused before anything changes); every change to a VHD file goes
-through dom0's ``vhd-util`` as XenServer's storage manager does.
+chain is refused before anything changes); every change to an existing VHD
+file goes through dom0's ``vhd-util`` as XenServer's storage manager does.
+``write_dynamic`` writes a new, standalone dynamic VHD (a resize down's
+shrunk root disk); its caller checks the result with ``vhd-util check``.
 """
 
 import os
 import re
 import shutil
 import struct
+import time
+import uuid as uuidlib
 
 import dom0_utils
 from dom0_utils import fail
@@ -430,3 +434,169 @@ def import_chain(staging, sr_path, new_uuids=None, log=None, base_uuid=None, bas
     finally:
         dom0_utils.remove_tree(work)
     return new_uuids
+
+
+# ---------------------------------------------------------------- block reads and writes
+# (resize down: read a chain a block at a time, write a new sparse dynamic VHD)
+
+BLOCK_SIZE = 2 * 1024 * 1024
+_UNUSED = 0xFFFFFFFF
+_ZERO_BLOCK = b"\0" * BLOCK_SIZE
+
+
+def _bitmap_bytes(block_size):
+    return ((block_size // SECTOR + 7) // 8 + SECTOR - 1) // SECTOR * SECTOR
+
+
+def read_block(reader, block):
+    """``ChainReader``: the virtual bytes of 2 MiB block ``block``, or None when no level holds any.
+
+    Reads whole blocks (one seek per level) instead of ChainReader.read's
+    sector at a time: a resize down reads every allocated block of a disk.
+    A sector comes from the first level (leaf first) whose block is allocated
+    and, for a differencing level, whose bitmap bit is set.
+    """
+    per_block = BLOCK_SIZE // SECTOR
+    need = bytearray(b"\xff" * (per_block // 8))  # sectors still to find (VHD bit order)
+    out = None
+    for info, handle, bat in reader.levels:
+        if info.disk_type == "fixed":
+            handle.seek(block * BLOCK_SIZE)
+            data = handle.read(BLOCK_SIZE).ljust(BLOCK_SIZE, b"\0")
+            out = _merge(out, data, need, None)
+            break
+        if info.block_size != BLOCK_SIZE:
+            raise ValueError("%s has %d-byte blocks, not 2 MiB" % (info.path, info.block_size))
+        entry = bat[block] if block < len(bat) else _UNUSED
+        if entry == _UNUSED:
+            if info.disk_type == "differencing":
+                continue
+            break  # a dynamic base: the rest reads as zeros
+        bitmap_size = _bitmap_bytes(BLOCK_SIZE)
+        handle.seek(entry * SECTOR)
+        raw = handle.read(bitmap_size + BLOCK_SIZE)
+        data = raw[bitmap_size:].ljust(BLOCK_SIZE, b"\0")
+        present = raw[: per_block // 8] if info.disk_type == "differencing" else None
+        out = _merge(out, data, need, present)
+        if info.disk_type != "differencing" or not any(need):
+            break
+    return None if out is None else bytes(out)
+
+
+def _merge(out, data, need, present):
+    """Copy into ``out`` the sectors of ``data`` still needed and present; update ``need``."""
+    if present is None and all(b == 0xFF for b in need):
+        for index in range(len(need)):
+            need[index] = 0
+        return bytearray(data)
+    for index, wanted in enumerate(need):
+        take = wanted & (0xFF if present is None else present[index])
+        if not take:
+            continue
+        if out is None:
+            out = bytearray(BLOCK_SIZE)
+        base = index * 8 * SECTOR
+        if take == 0xFF:
+            out[base : base + 8 * SECTOR] = data[base : base + 8 * SECTOR]
+        else:
+            for bit in range(8):
+                if take & (0x80 >> bit):
+                    lo = base + bit * SECTOR
+                    out[lo : lo + SECTOR] = data[lo : lo + SECTOR]
+        need[index] = wanted & ~take & 0xFF
+    return out
+
+
+def _vhd_now():
+    return max(0, int(time.time()) - 946684800)  # seconds since 2000-01-01 UTC
+
+
+def _chs(size):
+    """CHS geometry of a ``size``-byte disk, the VHD specification's algorithm."""
+    total = min(size // SECTOR, 65535 * 16 * 255)
+    if total >= 65535 * 16 * 63:
+        spt, heads = 255, 16
+        cyl_heads = total // spt
+    else:
+        spt = 17
+        cyl_heads = total // spt
+        heads = max((cyl_heads + 1023) // 1024, 4)
+        if cyl_heads >= heads * 1024 or heads > 16:
+            spt, heads = 31, 16
+            cyl_heads = total // spt
+        if cyl_heads >= heads * 1024:
+            spt, heads = 63, 16
+            cyl_heads = total // spt
+    return cyl_heads // heads, heads, spt
+
+
+def _footer(size, unique_id, timestamp):
+    cyl, heads, spt = _chs(size)
+    fields = [
+        b"conectix", 2, 0x00010000, 512, timestamp, b"tap\0",
+        0x00010001,  # creator version below 1.2: blktap then expects no batmap
+        b"\0\0\0\0", size, size, cyl, heads, spt, 3, 0, unique_id, 0, 0, b"\0" * 426,
+    ]  # fmt: skip
+    layout = ">8sIIQI4sI4sQQHBBII16sBB426s"
+    fields[14] = _checksum(struct.pack(layout, *fields), 64)
+    return struct.pack(layout, *fields)
+
+
+def _dynamic_header(table_offset, entries):
+    layout = ">8sQQIIII16sII512s"
+    fields = [b"cxsparse", 0xFFFFFFFFFFFFFFFF, table_offset, 0x00010000, entries, BLOCK_SIZE, 0,
+              b"\0" * 16, 0, 0, b"\0" * 512]  # fmt: skip
+    raw = struct.pack(layout, *fields) + b"\0" * (8 * 24 + 256)
+    fields[6] = _checksum(raw, 36)
+    return struct.pack(layout, *fields) + b"\0" * (8 * 24 + 256)
+
+
+def write_dynamic(path, virtual_size, blocks):
+    """Write a new dynamic VHD of ``virtual_size`` bytes at ``path`` (which must not exist).
+
+    ``blocks`` yields ``(index, data)`` with 2 MiB ``data``, in any order;
+    all-zero blocks are left unallocated, so the file holds only the data.
+    Block data is 4 KiB aligned (its bitmap sector just before). Returns the
+    number of allocated blocks.
+    """
+    if virtual_size <= 0 or virtual_size % SECTOR:
+        raise ValueError("virtual size %d is not a positive multiple of 512" % virtual_size)
+    entries = -(-virtual_size // BLOCK_SIZE)
+    table_offset = 512 + 1024
+    table_size = (4 * entries + SECTOR - 1) // SECTOR * SECTOR
+    bat = [_UNUSED] * entries
+    bitmap = b"\xff" * _bitmap_bytes(BLOCK_SIZE)
+    footer = _footer(virtual_size, uuidlib.uuid4().bytes, _vhd_now())
+    next_free = table_offset + table_size
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for index, data in blocks:
+            if not 0 <= index < entries or bat[index] != _UNUSED:
+                raise ValueError("block %d is out of range or written twice" % index)
+            if len(data) != BLOCK_SIZE:
+                raise ValueError("block %d has %d bytes, not 2 MiB" % (index, len(data)))
+            if data == _ZERO_BLOCK:
+                continue
+            offset = (next_free + len(bitmap) + 4095) // 4096 * 4096 - len(bitmap)
+            os.lseek(fd, offset, os.SEEK_SET)
+            _write_all(fd, bitmap + data)
+            bat[index] = offset // SECTOR
+            next_free = offset + len(bitmap) + BLOCK_SIZE
+        table = struct.pack(">%dI" % entries, *bat).ljust(table_size, b"\xff")
+        for offset, raw in ((0, footer), (512, _dynamic_header(table_offset, entries)),
+                            (table_offset, table), (next_free, footer)):  # fmt: skip
+            os.lseek(fd, offset, os.SEEK_SET)
+            _write_all(fd, raw)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    return sum(1 for entry in bat if entry != _UNUSED)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
