@@ -20,7 +20,8 @@ import resize_down_helpers as rdh
 from resize_helpers import GiB, flavor, make_instance
 
 from nova import exception as nova_exception
-from xenapi_driver import migrateops, resize_down
+from xenapi_driver import migrateops
+from xenapi_driver.migrateops import resize_down
 
 BOTH = pytest.mark.parametrize("transport", ["rsync", "xapi"], indirect=True)
 FILES = rdh.guest_files()
