@@ -8,9 +8,11 @@ member (0 is the leaf). Each records what it sent in ``item["stats"]``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 from xenapi_driver import exception as xexc
@@ -139,3 +141,17 @@ class _XapiCopier:
             query["base"] = base
         sent = stream_vhd(self._session, self._dest, query, item["target"]["vdi_uuid"])
         item.setdefault("stats", {})[seq] = {"literal_bytes": sent}
+
+
+def open_copier(
+    session: Any,
+    transport: str,
+    dest: str,
+    instance: Any,
+    stack: contextlib.ExitStack,
+    dest_session: Callable[[str], contextlib.AbstractContextManager[Any]],
+) -> _RsyncCopier | _XapiCopier:
+    """The copier for ``transport``; the xapi one's destination session closes with ``stack``."""
+    if transport == "xapi":
+        return _XapiCopier(session, stack.enter_context(dest_session(dest)), instance)
+    return _RsyncCopier(session, dest, instance)

@@ -28,7 +28,7 @@ from xenapi_driver import vmops as vmops_mod
 from xenapi_driver.migrateops import resize_down
 from xenapi_driver.migrateops.base import MigrateBase
 from xenapi_driver.migrateops.checks import check_resize, choose_mode
-from xenapi_driver.migrateops.copiers import _RsyncCopier, _XapiCopier
+from xenapi_driver.migrateops.copiers import open_copier
 from xenapi_driver.migrateops.errors import ResizeStepFailed, _refuse
 from xenapi_driver.migrateops.held import _send_length, find_held
 from xenapi_driver.migrateops.journal import INCOMING_KEY, KEPT_SUFFIX, RESIZE_OF_KEY, SNAPSHOT_KEY
@@ -124,8 +124,20 @@ class SourceRole(MigrateBase):
         self._progress(instance, 20)
         self._power_off_and_keep(instance, vm_ref, journal, timeout, retry_interval)
         self._progress(instance, 60)
+        sent = self._clone_disks(instance, vm_ref, journal, journal["disks"])
+        self._step_done(vm_ref, journal, "cloned")
+        return sent
+
+    def _clone_disks(
+        self, instance: Any, vm_ref: str, journal: dict[str, Any], disks: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Clone each of the journal's ``disks`` copy-on-write for the new VM (the guest is off).
+
+        Each clone is tagged incoming and journaled with the snapshots, so a
+        revert destroys it like them; returns the disk_info entries.
+        """
         sent = []
-        for disk in journal["disks"]:
+        for disk in disks:
             self._hook("clone")
             src = self._session.call_xenapi("VDI.get_by_uuid", disk["uuid"])
             clone = self._session.call_xenapi("VDI.clone", src, {})
@@ -134,7 +146,6 @@ class SourceRole(MigrateBase):
             journal["snapshots"].append(clone_uuid)  # destroyed on revert like snapshots
             self._write_journal(vm_ref, journal)
             sent.append({"role": disk["role"], "device": disk["device"], "vdi_uuid": clone_uuid})
-        self._step_done(vm_ref, journal, "cloned")
         return sent
 
     def _migrate_with_copy(
@@ -149,25 +160,12 @@ class SourceRole(MigrateBase):
     ) -> list[dict[str, Any]]:
         dest = journal["dest"]
         # 1. Snapshot each disk: its data becomes immutable parents; the disk keeps an empty leaf.
-        chains = []
-        for disk in disks:
-            self._hook("snapshot")
-            snap = self._session.call_xenapi("VDI.snapshot", disk["ref"], {})
-            self._session.call_xenapi("VDI.add_to_other_config", snap, SNAPSHOT_KEY, instance.uuid)
-            journal["snapshots"].append(self._session.call_xenapi("VDI.get_uuid", snap))
-            self._write_journal(vm_ref, journal)
-            chain = self._chain(self._session, disk["rec"]["uuid"])
-            sr_uuid = self._session.call_xenapi("SR.get_uuid", disk["rec"]["SR"])
-            chains.append({"disk": disk, "chain": chain, "sr_uuid": sr_uuid})
+        chains = [self._snapshot_chain(instance, vm_ref, journal, disk) for disk in disks]
         self._step_done(vm_ref, journal, "snapshotted")
         self._progress(instance, 10)
 
         with contextlib.ExitStack() as stack:
-            copier = (
-                _XapiCopier(self._session, stack.enter_context(self._dest_session(dest)), instance)
-                if transport == "xapi"
-                else _RsyncCopier(self._session, dest, instance)
-            )
+            copier = open_copier(self._session, transport, dest, instance, stack, self._dest_session)
             journal["transport"] = transport
             # 2. Immutable parents while the guest runs, but none the destination already holds.
             known = getattr(copier, "dest_session", None)  # the xapi copier's, else opened on demand
@@ -185,15 +183,7 @@ class SourceRole(MigrateBase):
             if held:
                 journal["held"] = held
                 self._write_journal(vm_ref, journal)
-            total = sum(_send_length(c) - 1 for c in chains) or 1
-            done = 0
-            for item in chains:
-                item["target"] = copier.begin(item)
-                for seq in range(_send_length(item) - 1, 0, -1):
-                    self._hook("copy_parent")
-                    copier.send(item, seq)
-                    done += 1
-                    self._progress(instance, 10 + 50 * done // total)
+            self._send_chains(instance, copier, chains, down_to=1, progress=(10, 50))
             self._step_done(vm_ref, journal, "parents_copied")
             # 3. Power off; keep the original VM for revert.
             self._power_off_and_keep(instance, vm_ref, journal, timeout, retry_interval)
@@ -204,19 +194,7 @@ class SourceRole(MigrateBase):
                 copier.send(item, 0)
             self._step_done(vm_ref, journal, "leaves_copied")
             self._progress(instance, 90)
-        return [
-            {
-                "role": item["disk"]["role"],
-                "device": item["disk"]["device"],
-                "chain_length": _send_length(item),  # VHDs sent: the held base and below stay out
-                **({"held_base": item["held"]} if item.get("held") else {}),
-                "transport": transport,
-                # bytes each copy sent, by sequence number (0 = the leaf, after power-off)
-                "stats": {str(k): v for k, v in item.get("stats", {}).items()},
-                **item["target"],
-            }
-            for item in chains
-        ]
+        return _sent_chains(chains, transport)
 
     def _migrate_shrinking(
         self,
@@ -257,62 +235,72 @@ class SourceRole(MigrateBase):
         self._progress(instance, 50)
         if no_copy:
             sent = [{"role": "root", "device": root["device"], "vdi_uuid": copy["uuid"]}]
-            for disk in journal["disks"]:
-                if disk["role"] == "root":
-                    continue
-                self._hook("clone")
-                src = self._session.call_xenapi("VDI.get_by_uuid", disk["uuid"])
-                clone = self._session.call_xenapi("VDI.clone", src, {})
-                clone_uuid = self._session.call_xenapi("VDI.get_uuid", clone)
-                self._session.call_xenapi("VDI.add_to_other_config", clone, INCOMING_KEY, instance.uuid)
-                journal["snapshots"].append(clone_uuid)
-                self._write_journal(vm_ref, journal)
-                sent.append({"role": disk["role"], "device": disk["device"], "vdi_uuid": clone_uuid})
+            others = [disk for disk in journal["disks"] if disk["role"] != "root"]
+            sent += self._clone_disks(instance, vm_ref, journal, others)
             self._step_done(vm_ref, journal, "cloned")
             return sent
         # Copy: the shrunk root as a one-member chain, the other disks' chains as usual
         # (the guest is already off: no second pass for the leaves).
-        chains = []
-        for disk in disks:
-            sr_uuid = self._session.call_xenapi("SR.get_uuid", disk["rec"]["SR"])
-            if disk["role"] == "root":
-                chain = [{"uuid": copy["uuid"], "virtual_size": new_size}]
-            else:
-                self._hook("snapshot")
-                snap = self._session.call_xenapi("VDI.snapshot", disk["ref"], {})
-                self._session.call_xenapi("VDI.add_to_other_config", snap, SNAPSHOT_KEY, instance.uuid)
-                journal["snapshots"].append(self._session.call_xenapi("VDI.get_uuid", snap))
-                self._write_journal(vm_ref, journal)
-                chain = self._chain(self._session, disk["rec"]["uuid"])
-            chains.append({"disk": disk, "chain": chain, "sr_uuid": sr_uuid})
-        with contextlib.ExitStack() as stack:
-            copier = (
-                _XapiCopier(self._session, stack.enter_context(self._dest_session(journal["dest"])), instance)
-                if mode == "xapi"
-                else _RsyncCopier(self._session, journal["dest"], instance)
-            )
-            journal["transport"] = mode
-            total = sum(len(c["chain"]) for c in chains)
-            done = 0
-            for item in chains:
-                item["target"] = copier.begin(item)
-                for seq in range(len(item["chain"]) - 1, -1, -1):
-                    self._hook("copy_leaf" if seq == 0 else "copy_parent")
-                    copier.send(item, seq)
-                    done += 1
-                    self._progress(instance, 50 + 40 * done // total)
-        self._step_done(vm_ref, journal, "leaves_copied")
-        return [
+        chains = [
             {
-                "role": item["disk"]["role"],
-                "device": item["disk"]["device"],
-                "chain_length": len(item["chain"]),
-                "transport": mode,
-                "stats": {str(k): v for k, v in item.get("stats", {}).items()},
-                **item["target"],
+                "disk": disk,
+                "chain": [{"uuid": copy["uuid"], "virtual_size": new_size}],
+                "sr_uuid": self._session.call_xenapi("SR.get_uuid", disk["rec"]["SR"]),
             }
-            for item in chains
+            if disk["role"] == "root"
+            else self._snapshot_chain(instance, vm_ref, journal, disk)
+            for disk in disks
         ]
+        with contextlib.ExitStack() as stack:
+            copier = open_copier(self._session, mode, journal["dest"], instance, stack, self._dest_session)
+            journal["transport"] = mode
+            self._send_chains(instance, copier, chains, down_to=0, progress=(50, 40))
+        self._step_done(vm_ref, journal, "leaves_copied")
+        return _sent_chains(chains, mode)
+
+    def _snapshot_chain(
+        self, instance: Any, vm_ref: str, journal: dict[str, Any], disk: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Snapshot one disk and return its chain to send (``{disk, chain, sr_uuid}``).
+
+        The snapshot turns the disk's data into immutable parents (the disk
+        keeps an empty leaf); it is tagged and journaled before anything else
+        so a rollback destroys it.
+        """
+        self._hook("snapshot")
+        snap = self._session.call_xenapi("VDI.snapshot", disk["ref"], {})
+        self._session.call_xenapi("VDI.add_to_other_config", snap, SNAPSHOT_KEY, instance.uuid)
+        journal["snapshots"].append(self._session.call_xenapi("VDI.get_uuid", snap))
+        self._write_journal(vm_ref, journal)
+        chain = self._chain(self._session, disk["rec"]["uuid"])
+        sr_uuid = self._session.call_xenapi("SR.get_uuid", disk["rec"]["SR"])
+        return {"disk": disk, "chain": chain, "sr_uuid": sr_uuid}
+
+    def _send_chains(
+        self,
+        instance: Any,
+        copier: Any,
+        chains: list[dict[str, Any]],
+        *,
+        down_to: int,
+        progress: tuple[int, int],
+    ) -> None:
+        """Begin each chain on the destination and send its members, deepest first, to ``down_to``.
+
+        ``down_to=1`` sends only the parents (the leaves follow after
+        power-off); ``down_to=0`` sends everything (the guest is already
+        off). ``progress`` is ``(start, span)`` in percent over the members sent.
+        """
+        start, span = progress
+        total = sum(_send_length(c) - down_to for c in chains) or 1
+        done = 0
+        for item in chains:
+            item["target"] = copier.begin(item)
+            for seq in range(_send_length(item) - 1, down_to - 1, -1):
+                self._hook("copy_leaf" if seq == 0 else "copy_parent")
+                copier.send(item, seq)
+                done += 1
+                self._progress(instance, start + span * done // total)
 
     def _disks(self, vm_ref: str) -> list[dict[str, Any]]:
         """The VM's Nova disks (root, ephemeral, swap) with their VDI records."""
@@ -343,3 +331,20 @@ class SourceRole(MigrateBase):
             if len(chain) > 64:
                 raise ResizeStepFailed(f"VHD chain of {vdi_uuid} is longer than 64: refusing")
         return chain
+
+
+def _sent_chains(chains: list[dict[str, Any]], transport: str) -> list[dict[str, Any]]:
+    """The disk_info entries of copied chains, for the destination's ``finish_migration``."""
+    return [
+        {
+            "role": item["disk"]["role"],
+            "device": item["disk"]["device"],
+            "chain_length": _send_length(item),  # VHDs sent: the held base and below stay out
+            **({"held_base": item["held"]} if item.get("held") else {}),
+            "transport": transport,
+            # bytes each copy sent, by sequence number (0 = the leaf, after power-off)
+            "stats": {str(k): v for k, v in item.get("stats", {}).items()},
+            **item["target"],
+        }
+        for item in chains
+    ]
