@@ -19,32 +19,16 @@ import nova.conf  # noqa: E402
 
 from nova import objects  # noqa: E402
 from nova.virt import fake  # noqa: E402
+from tests import simulated_pool  # noqa: E402
 from xenapi_driver.driver import XenAPIDriver  # noqa: E402
-from xenapi_driver.simulator import api  # noqa: E402
 
 CONF = nova.conf.CONF
 objects.register_all()  # Nova's Instance object must be registered before use
 
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[Any]:
-    """A two-host pool; the driver manages the member (host 1) unless a test says otherwise."""
-    sim = api.start(hosts=2)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
-@pytest.fixture
-def sim(simulator: Any) -> Any:
-    simulator.reset()
-    return simulator
-
-
-@pytest.fixture
-def managed_host(sim: Any) -> Any:
-    return sim.pools[0].hosts[1]
+# The simulated pool's fixtures (tests/simulated_pool.py); the driver manages the member, host 1.
+simulator = simulated_pool.simulator
+sim = simulated_pool.sim
+managed_host = simulated_pool.managed_host
 
 
 @pytest.fixture

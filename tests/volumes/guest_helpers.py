@@ -10,35 +10,20 @@ from typing import Any
 import pytest
 
 from nova import objects
+from tests import simulated_pool
 from xenapi_driver.session import XenAPISession
-from xenapi_driver.simulator import api, sr_backend
+from xenapi_driver.simulator import sr_backend
 
 objects.register_all()
+
+# The simulated pool's fixtures (tests/simulated_pool.py), re-exported by each area's conftest.
+simulator = simulated_pool.simulator
+sim = simulated_pool.sim
+managed_host = simulated_pool.managed_host
 
 GiB = 1024**3
 _ids = iter(range(1, 1_000_000))
 MiB = 1024**2
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[Any]:
-    sim = api.start(hosts=2)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
-@pytest.fixture
-def sim(simulator: Any) -> Any:
-    simulator.reset()
-    return simulator
-
-
-@pytest.fixture
-def managed_host(sim: Any) -> Any:
-    """The driver manages the pool member, so every call crosses the master."""
-    return sim.pools[0].hosts[1]
 
 
 @pytest.fixture
