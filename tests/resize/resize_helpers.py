@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from nova import objects
 from nova.virt import fake
@@ -17,6 +23,7 @@ from xenapi_driver.simulator.handlers import storage
 MiB = 1024**2
 GiB = 1024**3
 _ids = iter(range(1, 1_000_000))
+NOVA_CHILD_TIMEOUT = 600  # seconds for one child run of Nova functional tests
 
 
 def flavor(name: str, root_gb: int = 1, ephemeral_gb: int = 0, swap: int = 0, memory_mb: int = 512) -> Any:
@@ -142,3 +149,68 @@ class Compute:
     def staging(self) -> list[str]:
         images = self.host.sandbox.path("/images")
         return sorted(p.name for p in images.iterdir()) if images.exists() else []
+
+
+def migrate(src: Any, dst: Any, inst: Any, new_flavor: Any, hook: Any = None) -> dict[str, Any]:
+    """Nova's order: migrate_disk_and_power_off on the source, finish_migration on the destination."""
+    src.migrateops.step_hook = hook
+    disk_info = src.migrateops.migrate_disk_and_power_off(
+        None, inst, dst.host.address, new_flavor, [], timeout=5
+    )
+    inst.old_flavor, inst.flavor = inst.flavor, new_flavor
+    dst.migrateops.finish_migration(None, None, inst, disk_info, [], None, True, power_on=True)
+    return json.loads(disk_info)
+
+
+def revert(src: Any, dst: Any, inst: Any) -> None:
+    """Nova's order: destroy on the destination, then finish_revert_migration on the source."""
+    dst.vmops.destroy(inst, [])
+    inst.flavor = inst.old_flavor
+    src.migrateops.finish_revert_migration(None, inst, [], None, power_on=True)
+
+
+def power_state(compute: Any, inst: Any) -> str:
+    return compute.session.call_xenapi("VM.get_power_state", compute.vmops.lookup(inst)[0])
+
+
+def run_nova_functional(tmp_path: Path, names: list[str], expected_run: int, what: str) -> None:
+    """Run Nova functional test ``names`` (tests/resize/nova_resize) in a child interpreter.
+
+    Why a child: Nova's test packages choose the concurrency mode at first
+    import and pytest breaks their mock decorators (tests/nova/README.md).
+    The child runs them under stdlib unittest through
+    ``xenapi_nova_tests._runner`` and writes a JSON report read here; any
+    failure fails the calling test with the child's tracebacks, and a run in
+    which everything was skipped skips it. ``what`` names the tests in messages.
+    """
+    here = Path(__file__).resolve().parent
+    repo_root = here.parent.parent
+    report_path = tmp_path / "report.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(repo_root), str(repo_root / "tests" / "nova"), str(here)]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    env["OS_NOVA_DISABLE_EVENTLET_PATCHING"] = "1"
+    command = [sys.executable, "-m", "xenapi_nova_tests._runner", "--json", str(report_path), *names]
+    try:
+        child = subprocess.run(
+            command, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=NOVA_CHILD_TIMEOUT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} did not finish within {NOVA_CHILD_TIMEOUT} s", pytrace=False)
+    tail = (child.stdout + child.stderr)[-8000:]
+    if not report_path.exists():
+        pytest.fail(f"runner exited {child.returncode} without a report:\n{tail}", pytrace=False)
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    problems = report["failures"] + report["errors"]
+    if problems or child.returncode != 0:
+        details = "\n\n".join(f"{p['id']}\n{p['traceback']}" for p in problems)
+        pytest.fail(
+            f"{len(problems)} of {report['tests_run']} failed:\n{details}\n--- tail ---\n{tail}",
+            pytrace=False,
+        )
+    assert report["tests_run"] == expected_run
+    if len(report["skipped"]) == report["tests_run"]:
+        pytest.skip("; ".join(sorted({s["reason"] for s in report["skipped"]})))

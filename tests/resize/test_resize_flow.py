@@ -11,34 +11,23 @@ from __future__ import annotations
 import json
 
 import pytest
-from resize_helpers import DATA_SPAN, GiB, MiB, digest, flavor, make_instance, write_pattern
+from resize_helpers import (
+    DATA_SPAN,
+    GiB,
+    MiB,
+    digest,
+    flavor,
+    make_instance,
+    migrate,
+    power_state,
+    revert,
+    write_pattern,
+)
 
 from nova import exception as nova_exception
 from xenapi_driver import migrateops
 
 BOTH = pytest.mark.parametrize("transport", ["rsync", "xapi"], indirect=True)
-
-
-def migrate(src, dst, inst, new_flavor, hook=None):
-    """Nova's order: migrate_disk_and_power_off on the source, finish_migration on the destination."""
-    src.migrateops.step_hook = hook
-    disk_info = src.migrateops.migrate_disk_and_power_off(
-        None, inst, dst.host.address, new_flavor, [], timeout=5
-    )
-    inst.old_flavor, inst.flavor = inst.flavor, new_flavor
-    dst.migrateops.finish_migration(None, None, inst, disk_info, [], None, True, power_on=True)
-    return json.loads(disk_info)
-
-
-def revert(src, dst, inst):
-    """Nova's order: destroy on the destination, then finish_revert_migration on the source."""
-    dst.vmops.destroy(inst, [])
-    inst.flavor = inst.old_flavor
-    src.migrateops.finish_revert_migration(None, inst, [], None, power_on=True)
-
-
-def power_state(compute, inst):
-    return compute.session.call_xenapi("VM.get_power_state", compute.vmops.lookup(inst)[0])
 
 
 @BOTH

@@ -23,8 +23,7 @@ from typing import Any
 import nova.conf
 import nova.context
 import pytest
-from resize_helpers import MiB, digest, flavor, make_instance, write_pattern
-from test_resize_flow import migrate, revert
+from resize_helpers import MiB, digest, flavor, make_instance, migrate, revert, write_pattern
 
 from nova import objects
 from tests.glance_server import TOKEN, GlanceServer
