@@ -17,7 +17,7 @@ import json
 
 import pytest
 import resize_down_helpers as rdh
-from resize_helpers import GiB, flavor, make_instance
+from resize_helpers import GiB, flavor, make_instance, migrate, power_state, revert
 
 from nova import exception as nova_exception
 from xenapi_driver import migrateops
@@ -39,18 +39,19 @@ def boot(compute, pieces, **flavor_fields):
     return inst
 
 
-def migrate(src, dst, inst, new_flavor, hook=None):
-    src.migrateops.step_hook = hook
-    disk_info = src.migrateops.migrate_disk_and_power_off(
-        None, inst, dst.host.address, new_flavor, [], timeout=5
-    )
-    inst.old_flavor, inst.flavor = inst.flavor, new_flavor
-    dst.migrateops.finish_migration(None, None, inst, disk_info, [], None, True, power_on=True)
-    return json.loads(disk_info)
+def source_state(compute, inst):
+    """What a refused or rolled-back resize down must leave as it was: root VDI, its data, the SR's files."""
+    vdi, path = compute.root(inst)
+    return {"vdi": vdi, "data": rdh.digest_allocated(path), "files": compute.sr_files()}
 
 
-def power_state(compute, inst):
-    return compute.session.call_xenapi("VM.get_power_state", compute.vmops.lookup(inst)[0])
+def assert_rolled_back(src, dst, inst, before):
+    """The instance runs under its name on its own root disk, byte for byte; nothing is left anywhere."""
+    assert power_state(src, inst) == "Running"
+    assert src.vm_names() == [inst.name] and src.root(inst)[0] == before["vdi"]
+    assert rdh.digest_allocated(src.root(inst)[1]) == before["data"]
+    assert src.sr_files() == before["files"]  # the shrunk copy is gone
+    assert src.staging() == [] and dst.staging() == [] and dst.sr_files() == set()
 
 
 @BOTH
@@ -86,37 +87,26 @@ def test_resize_down_then_confirm(computes, transport, ext4_pieces, tmp_path):
 def test_resize_down_then_revert(computes, ext4_pieces):
     src, dst = computes
     inst = boot(src, ext4_pieces)
-    vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
 
     migrate(src, dst, inst, flavor("one", root_gb=1))
     assert power_state(dst, inst) == "Running"
 
-    dst.vmops.destroy(inst, [])  # Nova's order: the destination first
-    inst.flavor = inst.old_flavor
-    src.migrateops.finish_revert_migration(None, inst, [], None, power_on=True)
-    assert src.vm_names() == [inst.name]
-    assert power_state(src, inst) == "Running"
-    assert src.root(inst)[0] == vdi
-    assert rdh.digest_allocated(src.root(inst)[1]) == before  # byte for byte the original
-    assert src.sr_files() == files_before  # the shrunk copy is gone
-    assert dst.vm_names() == [] and dst.sr_files() == set() and dst.staging() == []
-    assert src.staging() == []
+    revert(src, dst, inst)  # Nova's order: the destination first
+    assert_rolled_back(src, dst, inst, before)  # byte for byte the original
+    assert dst.vm_names() == []
 
 
 def test_same_host_resize_down_confirm_and_revert(computes, ext4_pieces, tmp_path):
     """No network copy, but the shrunk copy is made; the new VM uses it, the original is kept."""
     src, _dst = computes
     inst = boot(src, ext4_pieces)
-    vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
 
     info = migrate(src, src, inst, flavor("one", root_gb=1))
     assert info["mode"] == "same-host"
     new_vdi, new_path = src.root(inst)
-    assert new_vdi != vdi
+    assert new_vdi != before["vdi"]
     assert int(src.session.call_xenapi("VDI.get_virtual_size", new_vdi)) == GiB
     rdh.check_shrunk_disk(new_path, GiB, FILES, tmp_path)
     assert sorted(src.vm_names()) == sorted([inst.name, inst.name + migrateops.KEPT_SUFFIX])
@@ -126,9 +116,7 @@ def test_same_host_resize_down_confirm_and_revert(computes, ext4_pieces, tmp_pat
     src.vmops.destroy(inst, [])
     inst.flavor = inst.old_flavor
     src.migrateops.finish_revert_migration(None, inst, [], None, power_on=True)
-    assert src.vm_names() == [inst.name] and src.root(inst)[0] == vdi
-    assert rdh.digest_allocated(src.root(inst)[1]) == before
-    assert src.sr_files() == files_before
+    assert_rolled_back(src, _dst, inst, before)
 
     # again, then confirm: the original goes, the new VM keeps its shrunk disk
     inst.flavor = inst.old_flavor
@@ -157,9 +145,7 @@ def test_refusals_keep_the_instance_running_and_its_disk_unchanged(computes, tmp
     else:
         pieces = rdh.ext4_disk_pieces(tmp_path, 2 * GiB, FILES, fill_bytes=1100 * 1024 * 1024)
     inst = boot(src, pieces)
-    _vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
     with pytest.raises(nova_exception.InstanceFaultRollback) as err:
         src.migrateops.migrate_disk_and_power_off(None, inst, dst.host.address, flavor("one", root_gb=1), [])
     inner = err.value.inner_exception
@@ -167,11 +153,7 @@ def test_refusals_keep_the_instance_running_and_its_disk_unchanged(computes, tmp
     message = str(inner)
     assert "resizing the root disk down (2 GiB to 1 GiB) is not possible" in message
     assert words in message and "choose a flavor with root_gb >= 2" in message
-    assert power_state(src, inst) == "Running"
-    assert src.vm_names() == [inst.name]
-    assert rdh.digest_allocated(src.root(inst)[1]) == before
-    assert src.sr_files() == files_before
-    assert src.staging() == [] and dst.staging() == []
+    assert_rolled_back(src, dst, inst, before)
 
 
 def test_data_that_only_resize2fs_finds_too_big_is_refused_after_power_off(computes, tmp_path):
@@ -180,20 +162,14 @@ def test_data_that_only_resize2fs_finds_too_big_is_refused_after_power_off(compu
     src, dst = computes
     pieces = rdh.ext4_disk_pieces(tmp_path, 2 * GiB, FILES, fill_bytes=1100 * 1024 * 1024, stale=True)
     inst = boot(src, pieces)
-    vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
     steps = []
     with pytest.raises(nova_exception.InstanceFaultRollback) as err:
         migrate(src, dst, inst, flavor("one", root_gb=1), hook=steps.append)
     message = str(err.value.inner_exception)
     assert "the root disk cannot be resized down" in message and "(resize2fs -P)" in message, message
     assert steps[:3] == ["power_off", "rename", "shrink"]  # refused after the power-off
-    assert power_state(src, inst) == "Running"
-    assert src.vm_names() == [inst.name] and src.root(inst)[0] == vdi
-    assert rdh.digest_allocated(src.root(inst)[1]) == before
-    assert src.sr_files() == files_before
-    assert src.staging() == [] and dst.staging() == [] and dst.sr_files() == set()
+    assert_rolled_back(src, dst, inst, before)
 
 
 def test_plugins_without_resize_down_refuse_clearly(computes, ext4_pieces, monkeypatch):
@@ -239,9 +215,7 @@ def test_dom0_tool_failing_mid_shrink_rolls_back(computes, ext4_pieces, tool):
 
     src, dst = computes
     inst = boot(src, ext4_pieces)
-    vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
     script, words = FAKE_TOOLS[tool]
     fake = src.host.sandbox.bin_dir / tool  # dom0's PATH starts with bin/
     fake.write_text(script.format(real=shutil.which("resize2fs") or "/usr/sbin/resize2fs"))
@@ -254,11 +228,7 @@ def test_dom0_tool_failing_mid_shrink_rolls_back(computes, ext4_pieces, tool):
     message = str(err.value.inner_exception)
     assert "failed and was rolled back: the root disk cannot be resized down" in message
     assert words in message, message
-    assert power_state(src, inst) == "Running"
-    assert src.vm_names() == [inst.name] and src.root(inst)[0] == vdi
-    assert rdh.digest_allocated(src.root(inst)[1]) == before
-    assert src.sr_files() == files_before
-    assert src.staging() == [] and dst.staging() == [] and dst.sr_files() == set()
+    assert_rolled_back(src, dst, inst, before)
 
 
 class Killed(BaseException):
@@ -270,9 +240,7 @@ def test_failure_after_power_off_rolls_back(computes, ext4_pieces, step):
     """A failure after the guest was powered off (before or after the shrink): all undone."""
     src, dst = computes
     inst = boot(src, ext4_pieces)
-    vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
 
     def fail(name):
         if name == step:
@@ -281,11 +249,7 @@ def test_failure_after_power_off_rolls_back(computes, ext4_pieces, step):
     with pytest.raises(nova_exception.InstanceFaultRollback) as err:
         migrate(src, dst, inst, flavor("one", root_gb=1), hook=fail)
     assert f"injected failure at {step}" in str(err.value.inner_exception)
-    assert power_state(src, inst) == "Running"  # powered back on
-    assert src.vm_names() == [inst.name] and src.root(inst)[0] == vdi
-    assert rdh.digest_allocated(src.root(inst)[1]) == before
-    assert src.sr_files() == files_before  # the shrunk copy is gone
-    assert src.staging() == [] and dst.staging() == [] and dst.sr_files() == set()
+    assert_rolled_back(src, dst, inst, before)  # powered back on, the shrunk copy gone
 
 
 def test_compute_killed_after_the_shrink_is_recovered_by_revert(computes, ext4_pieces, sim):
@@ -294,9 +258,7 @@ def test_compute_killed_after_the_shrink_is_recovered_by_revert(computes, ext4_p
 
     src, dst = computes
     inst = boot(src, ext4_pieces)
-    vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
 
     def die(name):
         if name == "copy_leaf":
@@ -313,23 +275,16 @@ def test_compute_killed_after_the_shrink_is_recovered_by_revert(computes, ext4_p
     fresh = Compute(sim, src.pool, src.host)  # a restarted nova-compute
     try:
         fresh.migrateops.finish_revert_migration(None, inst, [], None, power_on=True)
-        assert fresh.vm_names() == [inst.name] and fresh.root(inst)[0] == vdi
-        assert power_state(fresh, inst) == "Running"
-        assert rdh.digest_allocated(fresh.root(inst)[1]) == before
-        assert fresh.sr_files() == files_before
-        assert fresh.staging() == []
+        assert_rolled_back(fresh, dst, inst, before)
     finally:
         fresh.close()
-    assert dst.sr_files() == set() and dst.staging() == []
 
 
 def test_shrunk_copy_left_unknown_to_xapi_is_removed_on_revert(computes, ext4_pieces, monkeypatch):
     """Killed between the plug-in and VDI.introduce: the file is in the SR, XAPI does not know it."""
     src, dst = computes
     inst = boot(src, ext4_pieces)
-    vdi, path = src.root(inst)
-    before = rdh.digest_allocated(path)
-    files_before = src.sr_files()
+    before = source_state(src, inst)
 
     def die_before_introduce(*args, **kwargs):
         raise Killed()
@@ -339,6 +294,4 @@ def test_shrunk_copy_left_unknown_to_xapi_is_removed_on_revert(computes, ext4_pi
         src.migrateops.migrate_disk_and_power_off(None, inst, dst.host.address, flavor("one", root_gb=1), [])
     monkeypatch.undo()
     src.migrateops.finish_revert_migration(None, inst, [], None, power_on=True)
-    assert src.root(inst)[0] == vdi and power_state(src, inst) == "Running"
-    assert rdh.digest_allocated(src.root(inst)[1]) == before
-    assert src.sr_files() == files_before
+    assert_rolled_back(src, dst, inst, before)
