@@ -25,6 +25,7 @@ import nova.conf  # noqa: E402
 from resize_helpers import Compute  # noqa: E402
 
 from nova import objects  # noqa: E402
+from tests.simulated_pool import running_pool  # noqa: E402
 from xenapi_driver.simulator import api  # noqa: E402
 
 CONF = nova.conf.CONF
@@ -85,4 +86,34 @@ def computes(sim: Any, transport: str) -> Iterator[tuple[Compute, Compute]]:
         src.close()
         dst.close()
         for name in _conf(sim, "", "rsync"):
+            CONF.clear_override(name, group="xenserver")
+
+
+@pytest.fixture(scope="module")
+def one_pool() -> Iterator[Any]:
+    """One pool of two hosts (the instance SR local to each; tests add a shared one)."""
+    with running_pool(hosts=2) as sim:
+        yield sim
+
+
+@pytest.fixture
+def pool_computes(one_pool: Any) -> Iterator[tuple[Compute, Compute]]:
+    """A compute for each host of ``one_pool``, both connected through the master."""
+    one_pool.reset()
+    hosts = one_pool.pool.hosts
+    overrides = {
+        "connection_url": hosts[0].url,
+        "connection_username": one_pool.username,
+        "connection_password": one_pool.password,
+        "migration_transport": "rsync",
+    }
+    for name, value in overrides.items():
+        CONF.set_override(name, value, group="xenserver")
+    first, second = Compute(one_pool, one_pool.pool, hosts[0]), Compute(one_pool, one_pool.pool, hosts[1])
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+        for name in overrides:
             CONF.clear_override(name, group="xenserver")

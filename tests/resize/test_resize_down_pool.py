@@ -6,54 +6,16 @@ destination's VM uses it directly; confirm removes the original, revert the copy
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import nova.conf
-import pytest
 import resize_down_helpers as rdh
-from resize_helpers import Compute, GiB, flavor, make_instance
+from resize_helpers import GiB, flavor, make_instance
 
 from xenapi_driver import migrateops
-from xenapi_driver.simulator import api
 
-CONF = nova.conf.CONF
 FILES = rdh.guest_files(seed=5)
 
 
-@pytest.fixture(scope="module")
-def pool_sim() -> Iterator[Any]:
-    sim = api.start(hosts=2)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
-@pytest.fixture
-def members(pool_sim: Any) -> Iterator[tuple[Compute, Compute]]:
-    pool_sim.reset()
-    hosts = pool_sim.pool.hosts
-    overrides = {
-        "connection_url": hosts[0].url,
-        "connection_username": pool_sim.username,
-        "connection_password": pool_sim.password,
-        "migration_transport": "rsync",
-    }
-    for name, value in overrides.items():
-        CONF.set_override(name, value, group="xenserver")
-    first, second = Compute(pool_sim, pool_sim.pool, hosts[0]), Compute(pool_sim, pool_sim.pool, hosts[1])
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
-        for name in overrides:
-            CONF.clear_override(name, group="xenserver")
-
-
-def test_resize_down_on_a_shared_sr_confirm_and_revert(members, pool_sim, tmp_path):
-    src, dst = members
+def test_resize_down_on_a_shared_sr_confirm_and_revert(pool_computes, one_pool, tmp_path):
+    src, dst = pool_computes
     session = src.session
     shared = session.call_xenapi(
         "SR.create", src.host.ref, {}, "0", "shared NFS", "", "nfs", "user", True, {}

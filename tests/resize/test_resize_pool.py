@@ -2,48 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-import nova.conf
-import pytest
-from resize_helpers import Compute, GiB, digest, flavor, make_instance
+from resize_helpers import GiB, digest, flavor, make_instance
 
 from xenapi_driver import migrateops
-from xenapi_driver.simulator import api
-
-CONF = nova.conf.CONF
-
-
-@pytest.fixture(scope="module")
-def one_pool() -> Iterator[Any]:
-    sim = api.start(hosts=2)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
-@pytest.fixture
-def pool_computes(one_pool: Any) -> Iterator[tuple[Compute, Compute]]:
-    one_pool.reset()
-    hosts = one_pool.pool.hosts
-    overrides = {
-        "connection_url": hosts[0].url,
-        "connection_username": one_pool.username,
-        "connection_password": one_pool.password,
-        "migration_transport": "rsync",
-    }
-    for name, value in overrides.items():
-        CONF.set_override(name, value, group="xenserver")
-    first, second = Compute(one_pool, one_pool.pool, hosts[0]), Compute(one_pool, one_pool.pool, hosts[1])
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
-        for name in overrides:
-            CONF.clear_override(name, group="xenserver")
 
 
 def _no_plugin_calls(sim):
