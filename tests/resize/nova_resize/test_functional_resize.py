@@ -17,6 +17,7 @@ import hashlib
 import random
 import types
 import unittest
+from pathlib import Path
 from typing import Any
 
 from nova.tests.functional import integrated_helpers
@@ -79,9 +80,16 @@ class _Harness:
             driver = compute.manager.driver
             nodes = driver.get_nodenames_by_uuid()
             driver.get_nodenames_by_uuid = lambda use_cache=True, nodes=nodes: dict(nodes)
-            driver.vmops.image_source = BlankImageSource(driver._session)
+            driver.vmops.image_source = self._image_source(driver, sim.pools[index])
             self.hosts[f"host{index}"] = (sim.pools[index], driver)
             self.nodes[f"host{index}"] = next(iter(nodes.values()))
+        self._create_flavors()
+
+    def _image_source(self, driver: Any, pool: Any) -> Any:
+        """What each compute's VMOps builds root disks from (an empty disk here)."""
+        return BlankImageSource(driver._session)
+
+    def _create_flavors(self) -> None:
         self.small = self._create_flavor(memory_mb=512, vcpu=1, disk=1, ephemeral=0)
         self.big = self._create_flavor(memory_mb=1024, vcpu=1, disk=2, ephemeral=0)
 
@@ -101,7 +109,7 @@ class _Harness:
             ]
         return found
 
-    def _root_path(self, server: dict[str, Any]):
+    def _root_path(self, server: dict[str, Any]) -> Path:
         from xenapi_driver.simulator.handlers import storage
 
         pool, driver = self.hosts[server["OS-EXT-SRV-ATTR:host"]]

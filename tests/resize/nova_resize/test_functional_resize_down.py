@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import types
 import unittest
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ from typing import Any
 import resize_down_helpers as rdh
 from nova.tests.functional import integrated_helpers
 from nova.tests.functional.api import client
-from xenapi_nova_tests import API_PASTE_INI, tolerate_newer_dependencies, xenapi_suite_skip_reason
-from xenapi_nova_tests.simulator_fixture import XenServerConfFixture, add_network
+from xenapi_nova_tests import xenapi_suite_skip_reason
+
+from nova_resize.test_functional_resize import _Harness
 
 GiB = 1024**3
 FILES = rdh.guest_files()
@@ -53,93 +53,38 @@ class GuestDiskImageSource:
         return vdi
 
 
-class _ResizeDown:
-    """The tests; a mixin so that unittest's loader runs them only through the classes below."""
+class _ResizeDown(_Harness):
+    """The tests; a mixin so that unittest's loader runs them only through the classes below.
 
-    compute_driver = "xenapi.XenAPIDriver"
-    transport = "rsync"
-    simulator = None
+    The computes, hosts and XAPI-side views are test_functional_resize's
+    harness; only the guest disk (real ext4 pieces) and the flavors differ.
+    """
+
     workdir: Path
 
     @classmethod
     def setUpClass(cls) -> None:
-        super().setUpClass()
-        from xenapi_driver.simulator import api
-
         cls.workdir = Path(tempfile.mkdtemp(prefix="resize-down-"))
         cls.ext4 = rdh.ext4_disk_pieces(cls.workdir, 2 * GiB, FILES)
-        cls.simulator = api.start(hosts=[1, 1])
+        super().setUpClass()
 
     @classmethod
     def tearDownClass(cls) -> None:
-        if cls.simulator is not None:
-            for pool in cls.simulator.pools:
-                pool.hosts[0].sandbox.stop_sshd()
-            cls.simulator.stop()
-        shutil.rmtree(cls.workdir, ignore_errors=True)
         super().tearDownClass()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
 
     def setUp(self) -> None:
-        self.flags(api_paste_config=str(API_PASTE_INI), group="wsgi")
-        super().setUp()
-        tolerate_newer_dependencies()
-        sim = self.simulator
-        sim.reset()
-        src, dst = sim.pools[0].hosts[0], sim.pools[1].hosts[0]
-        for host in (src, dst):
-            host.sandbox.start_sshd(host.address)
-        src.sandbox.trust(dst.sandbox)
-        dst.sandbox.trust(src.sandbox)
-        from xenapi_driver import conf as xconf
-
-        xconf.register_opts(xconf.CONF)
-        self.flags(migration_transport=self.transport, group="xenserver")
         self.pieces = self.ext4
-        self.hosts = {}
-        self.nodes = {}
-        for index in (0, 1):
-            add_network(sim, "br-int", pool=index)
-            XenServerConfFixture(self, sim, pool=index).setUp()
-            from nova.virt import node
+        super().setUp()
 
-            node.LOCAL_NODE_UUID = None
-            compute = self._start_compute(f"host{index}")
-            driver = compute.manager.driver
-            nodes = driver.get_nodenames_by_uuid()
-            driver.get_nodenames_by_uuid = lambda use_cache=True, nodes=nodes: dict(nodes)
-            driver.vmops.image_source = GuestDiskImageSource(driver._session, sim.pools[index], self)
-            self.hosts[f"host{index}"] = (sim.pools[index], driver)
-            self.nodes[f"host{index}"] = next(iter(nodes.values()))
+    def _image_source(self, driver: Any, pool: Any) -> Any:
+        return GuestDiskImageSource(driver._session, pool, self)
+
+    def _create_flavors(self) -> None:
         self.two = self._create_flavor(memory_mb=512, vcpu=1, disk=2, ephemeral=0)
         self.one = self._create_flavor(memory_mb=512, vcpu=1, disk=1, ephemeral=0)
 
     # -- helpers ------------------------------------------------------------------
-
-    def _vms(self, server_id: str) -> dict[str, list[dict[str, Any]]]:
-        found = {}
-        for host, (pool, _driver) in self.hosts.items():
-            records = [pool.db.get("VM", ref) for ref in pool.db.all("VM")]
-            found[host] = [
-                rec
-                for rec in records
-                if not rec["is_a_template"]
-                and server_id
-                in (rec["other_config"].get("nova_uuid"), rec["other_config"].get("nova_resize_of"))
-            ]
-        return found
-
-    def _root_path(self, server: dict[str, Any]) -> Path:
-        from xenapi_driver.simulator.handlers import storage
-
-        pool, driver = self.hosts[server["OS-EXT-SRV-ATTR:host"]]
-        vm_ref, _ = driver.vmops.lookup(
-            types.SimpleNamespace(uuid=server["id"], name=server["OS-EXT-SRV-ATTR:instance_name"])
-        )
-        for vbd in pool.db.get("VM", vm_ref)["VBDs"]:
-            rec = pool.db.get("VBD", vbd)
-            if rec["userdevice"] == "0":
-                return storage.disk_path(pool, rec["VDI"])
-        raise AssertionError("no root disk")
 
     def _boot(self) -> dict[str, Any]:
         server = self._create_server(flavor_id=self.two, networks="none", host="host0")
