@@ -560,3 +560,51 @@ def test_held_base_functions_reject_bad_arguments(dom0, fn, name, value):
         call(dom0, "migration", fn, **args)
     assert err.value.code == "INVALID_ARGUMENT"
     assert err.value.params[0].startswith(name)
+
+
+def test_parents_in_one_rsync_then_the_leaf_read_back_identically(ssh_pair):
+    """transfer_vhds sends a chain's parents in one run (one SSH session); the leaf follows alone."""
+    src, dst = ssh_pair
+    uuids, content = make_chain(src)
+    instance = str(uuid.uuid4())
+    members = [{"vdi_uuid": uuids[seq], "seq_num": seq} for seq in (2, 1)]
+    batch = json.loads(
+        call(src, "migration", "transfer_vhds", instance_uuid=instance, host="127.0.0.2",
+             sr_path=sr_arg(src), members=json.dumps(members))
+    )  # fmt: skip
+    sizes = {str(seq): (src.sr_path() / f"{uuids[seq]}.vhd").stat().st_size for seq in (1, 2)}
+    assert batch["files"] == sizes and batch["local"] is False
+    assert batch["literal_bytes"] == sum(sizes.values())
+    transfer_chain(src, "127.0.0.2", instance, uuids[:1])  # the leaf, as after power-off
+    received = dst.path(f"/images/instance{instance}")
+    assert sorted(os.listdir(received)) == ["0.vhd", "1.vhd", "2.vhd"]
+    assert not [p for p in src.sr_path().iterdir() if p.name.startswith(".xenapi-transfer")]
+    new_uuids = [str(uuid.uuid4()) for _ in uuids]
+    call(dst, "migration", "move_vhds_into_sr", instance_uuid=instance, sr_path=sr_arg(dst),
+         uuid_stack=json.dumps(new_uuids))  # fmt: skip
+    assert read_chain(dst.sr_path() / f"{new_uuids[0]}.vhd") == content
+
+
+A, B = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+@pytest.mark.parametrize(
+    "members, name",
+    [
+        ("[]", "members"),
+        ('{"vdi_uuid": "x"}', "members"),
+        ('["not an object"]', "members[0]"),
+        ('[{"vdi_uuid": "../../etc/passwd", "seq_num": 1}]', "members[0].vdi_uuid"),
+        (json.dumps([{"vdi_uuid": A, "seq_num": "1; ls"}]), "members[0].seq_num"),
+        (json.dumps([{"vdi_uuid": A, "seq_num": -1}]), "members[0].seq_num"),
+        (json.dumps([{"vdi_uuid": A, "seq_num": 1}, {"vdi_uuid": B, "seq_num": 1}]), "members"),
+        ("not json", "members"),
+    ],
+)  # fmt: skip
+def test_transfer_vhds_rejects_bad_members(dom0, members, name):
+    with pytest.raises(XapiError) as err:
+        call(dom0, "migration", "transfer_vhds", instance_uuid=str(uuid.uuid4()), host="127.0.0.2",
+             sr_path=sr_arg(dom0), members=members)  # fmt: skip
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert err.value.params[0] == name
+    assert not [p for p in dom0.sr_path().iterdir() if p.name.startswith(".xenapi-transfer")]

@@ -296,9 +296,18 @@ class SourceRole(MigrateBase):
         done = 0
         for item in chains:
             item["target"] = copier.begin(item)
-            for seq in range(_send_length(item) - 1, down_to - 1, -1):
-                self._hook("copy_leaf" if seq == 0 else "copy_parent")
-                copier.send(item, seq)
+            seqs = list(range(_send_length(item) - 1, down_to - 1, -1))
+            parents = [seq for seq in seqs if seq > 0]
+            if parents:
+                # All parents of a chain in one transfer (one SSH session and rsync run).
+                for _ in parents:
+                    self._hook("copy_parent")
+                copier.send_many(item, parents)
+                done += len(parents)
+                self._progress(instance, start + span * done // total)
+            if 0 in seqs:
+                self._hook("copy_leaf")
+                copier.send(item, 0)
                 done += 1
                 self._progress(instance, start + span * done // total)
 
