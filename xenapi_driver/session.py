@@ -572,6 +572,19 @@ class XenAPISession:
         """The TLS settings this session uses, for the HTTP connections beside it."""
         return _ssl_context(self._ca_file, self._insecure)
 
+    def http_connection(self, url: str, timeout: float) -> http.client.HTTPConnection:
+        """A connection to ``url``'s host for XAPI's HTTP handlers (VDI import/export).
+
+        Verified with this session's TLS settings, so a disk stream trusts
+        exactly what the XML-RPC calls trust.
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=timeout, context=self.ssl_context()
+            )
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
     def close(self) -> None:
         """Log out every pooled session; later calls raise XenAPISessionClosed.
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import ssl
 import threading
 import time
 import urllib.parse
@@ -677,7 +676,7 @@ def copy_vdi_data(session: Any, src_vdi: str, dst_vdi: str, size: int) -> None:
         base = session.master_url
         query = {"session_id": sid, "vdi": src_uuid, "format": "raw"}
         for _hop in range(4):
-            source = _open_http(base, "GET", "/export_raw_vdi", query)
+            source = _open_http(session, base, "GET", "/export_raw_vdi", query)
             resp = source.getresponse()
             if resp.status not in (301, 302, 303, 307):
                 break
@@ -692,9 +691,8 @@ def copy_vdi_data(session: Any, src_vdi: str, dst_vdi: str, size: int) -> None:
                     reason=f"export_raw_vdi of VDI {src_uuid} answered HTTP {resp.status}"
                 )
             length = int(resp.getheader("content-length") or size)
-            sink = _open_http(
-                base, "PUT", "/import_raw_vdi", {"session_id": sid, "vdi": dst_uuid, "format": "raw"}, length
-            )
+            import_query = {"session_id": sid, "vdi": dst_uuid, "format": "raw"}
+            sink = _open_http(session, base, "PUT", "/import_raw_vdi", import_query, length)
             try:
                 remaining = length
                 while remaining > 0:
@@ -718,21 +716,9 @@ def copy_vdi_data(session: Any, src_vdi: str, dst_vdi: str, size: int) -> None:
 
 
 def _open_http(
-    base_url: str, method: str, path: str, query: dict[str, str], length: int | None = None
+    session: Any, base_url: str, method: str, path: str, query: dict[str, str], length: int | None = None
 ) -> http.client.HTTPConnection:
-    parts = urllib.parse.urlsplit(base_url)
-    timeout = 60.0
-    if parts.scheme == "https":
-        opts = xconf.CONF.xenserver
-        context = ssl.create_default_context(cafile=opts.ca_file or None)
-        if opts.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=timeout, context=context
-        )
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn = session.http_connection(base_url, 60.0)
     conn.putrequest(method, f"{path}?{urllib.parse.urlencode(query)}")
     if length is not None:
         conn.putheader("Content-Length", str(length))

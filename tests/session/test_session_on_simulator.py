@@ -9,6 +9,7 @@ tasks, and no session left behind.
 
 from __future__ import annotations
 
+import ssl
 import threading
 
 import pytest
@@ -82,3 +83,26 @@ def test_wrong_password_on_simulator(sim):
     assert sim.url.rstrip("/") in str(info.value)
     assert "not-the-password" not in str(info.value)
     assert _live_sessions(sim) == 0
+
+
+def test_http_connection_trusts_what_the_session_trusts(tmp_path):
+    """Disk streams (VDI import/export) use the session's TLS settings: its ca_file, or insecure."""
+    with api.start(hosts=1, https=True) as simulator:
+        lax = XenAPISession(simulator.url, simulator.username, simulator.password, insecure=True)
+        try:
+            ca_file = tmp_path / "xapi-ca.pem"
+            ca_file.write_text(lax.call_xenapi("host.get_server_certificate", lax.host_ref))
+            verified = XenAPISession(
+                simulator.url, simulator.username, simulator.password, ca_file=str(ca_file)
+            )
+            try:
+                for session in (lax, verified):
+                    conn = session.http_connection(simulator.url, 10.0)
+                    conn.request("GET", "/export_raw_vdi?session_id=OpaqueRef:nobody&vdi=none")
+                    assert conn.getresponse().status >= 400  # TLS worked; XAPI refused the request itself
+                    conn.close()
+                assert verified.ssl_context().verify_mode == ssl.CERT_REQUIRED
+            finally:
+                verified.close()
+        finally:
+            lax.close()

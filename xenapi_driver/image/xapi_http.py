@@ -61,14 +61,8 @@ def _quote(value: str) -> str:
 
 
 def _connection(url: str, session: Any) -> tuple[http.client.HTTPConnection, str]:
+    conn = session.http_connection(url, TIMEOUT)
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https":
-        context = session.ssl_context()
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=TIMEOUT, context=context
-        )
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

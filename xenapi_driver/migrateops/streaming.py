@@ -8,13 +8,10 @@ redirect, which is followed).
 from __future__ import annotations
 
 import contextlib
-import http.client
-import ssl
 import tempfile
 import urllib.parse
 from typing import Any
 
-from xenapi_driver import conf as xconf
 from xenapi_driver.migrateops.errors import ResizeStepFailed
 
 MiB = 1024**2
@@ -26,18 +23,6 @@ def _session_id(session: Any) -> contextlib.AbstractContextManager[str]:
     from xenapi_driver.volumeops import session_id
 
     return session_id(session)
-
-
-def _connect(base_url: str) -> http.client.HTTPConnection:
-    parts = urllib.parse.urlsplit(base_url)
-    if parts.scheme == "https":
-        opts = xconf.CONF.xenserver
-        context = ssl.create_default_context(cafile=opts.ca_file or None)
-        if opts.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=HTTP_TIMEOUT, context=context)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=HTTP_TIMEOUT)
 
 
 def _host_url(session: Any, host_ref: str) -> str:
@@ -54,7 +39,7 @@ def stream_vhd(src: Any, dst: Any, query: dict[str, str], dest_vdi_uuid: str) ->
     Content-Length and a VHD stream's length is unknown until it ends.
     """
     with tempfile.TemporaryFile(prefix="xenapi-resize-") as spool, _session_id(src) as sid:
-        conn = _connect(_host_url(src, src.host_ref))
+        conn = src.http_connection(_host_url(src, src.host_ref), HTTP_TIMEOUT)
         try:
             path = "/export_raw_vdi?" + urllib.parse.urlencode({"session_id": sid, **query})
             for _hop in range(4):
@@ -65,7 +50,7 @@ def stream_vhd(src: Any, dst: Any, query: dict[str, str], dest_vdi_uuid: str) ->
                 location = urllib.parse.urlsplit(resp.getheader("location") or "")
                 resp.read()
                 conn.close()
-                conn = _connect(f"{location.scheme}://{location.netloc}/")
+                conn = src.http_connection(f"{location.scheme}://{location.netloc}/", HTTP_TIMEOUT)
                 path = f"{location.path}?{location.query}"
             if resp.status != 200:
                 raise ResizeStepFailed(f"export_raw_vdi of VDI {query['vdi']} answered HTTP {resp.status}")
@@ -76,7 +61,7 @@ def stream_vhd(src: Any, dst: Any, query: dict[str, str], dest_vdi_uuid: str) ->
         length = spool.tell()
         spool.seek(0)
         with _session_id(dst) as dsid:
-            out = _connect(_host_url(dst, dst.host_ref))
+            out = dst.http_connection(_host_url(dst, dst.host_ref), HTTP_TIMEOUT)
             try:
                 out.putrequest(
                     "PUT",
